@@ -1,0 +1,36 @@
+// Module entry point. Context-aware (NODE_API_MODULE), no mutable statics:
+// every piece of state lives in a NetlinkSocket instance, so the addon loads in
+// worker_threads and in several environments at once.
+#include <cstring>
+#include <string>
+
+#include "common.h"
+
+namespace iwpm {
+
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall) {
+  const char* code = strerrorname_np(err);  // glibc >= 2.32
+  const char* desc = strerrordesc_np(err);  // thread-safe, unlike strerror
+  std::string name = code ? code : "E" + std::to_string(err);
+  std::string msg = std::string(syscall) + " " + name + ": " + (desc ? desc : "Unknown error");
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("code", Napi::String::New(env, name));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  return e;
+}
+
+void ThrowErrno(Napi::Env env, int err, const char* syscall) {
+  ErrnoError(env, err, syscall).ThrowAsJavaScriptException();
+}
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InitNetlinkSocket(env, exports);
+  InitPorts(env, exports);
+  InitSys(env, exports);
+  return exports;
+}
+
+}  // namespace iwpm
+
+NODE_API_MODULE(iwpm_native, iwpm::Init)

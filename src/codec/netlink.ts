@@ -1,0 +1,212 @@
+/**
+ * Netlink framing: struct nlmsghdr, struct nlattr, NLMSG_DONE / NLMSG_ERROR payloads.
+ * Pure functions over Buffers. Decoders never throw: they return a value or a reason.
+ * All integers in netlink headers and u16/u32 attributes are host byte order
+ * (little-endian on every platform this daemon targets: x86-64, arm64, ppc64le).
+ */
+
+export const NLMSG_HDRLEN = 16;
+export const NLA_HDRLEN = 4;
+export const NLMSG_NOOP = 1;
+export const NLMSG_ERROR = 2;
+export const NLMSG_DONE = 3;
+export const NLMSG_OVERRUN = 4;
+export const NLM_F_REQUEST = 0x1;
+export const NLM_F_MULTI = 0x2;
+export const NLA_TYPE_MASK = 0x3fff; // strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
+
+export function align4(n: number): number {
+  return (n + 3) & ~3;
+}
+
+export interface NlHeader {
+  len: number;
+  type: number;
+  flags: number;
+  seq: number;
+  pid: number;
+}
+
+/** One netlink message carved out of a datagram; `payload` excludes the 16-byte header. */
+export interface NlMessage {
+  header: NlHeader;
+  payload: Buffer;
+  /** The whole message, header included (view into the datagram). */
+  raw: Buffer;
+}
+
+export interface SplitResult {
+  messages: NlMessage[];
+  /** Set when the datagram held trailing bytes that do not form a valid message. */
+  error?: string;
+}
+
+export function readHeader(buf: Buffer, off = 0): NlHeader {
+  return {
+    len: buf.readUInt32LE(off),
+    type: buf.readUInt16LE(off + 4),
+    flags: buf.readUInt16LE(off + 6),
+    seq: buf.readUInt32LE(off + 8),
+    pid: buf.readUInt32LE(off + 12),
+  };
+}
+
+export function writeHeader(buf: Buffer, h: NlHeader, off = 0): void {
+  buf.writeUInt32LE(h.len >>> 0, off);
+  buf.writeUInt16LE(h.type & 0xffff, off + 4);
+  buf.writeUInt16LE(h.flags & 0xffff, off + 6);
+  buf.writeUInt32LE(h.seq >>> 0, off + 8);
+  buf.writeUInt32LE(h.pid >>> 0, off + 12);
+}
+
+/**
+ * Walk the messages of one datagram (NLMSG_OK / NLMSG_NEXT). Stops at the first
+ * malformed header and reports it; messages before it are returned.
+ */
+export function splitMessages(datagram: Buffer): SplitResult {
+  const messages: NlMessage[] = [];
+  let off = 0;
+  while (off < datagram.length) {
+    const remaining = datagram.length - off;
+    if (remaining < NLMSG_HDRLEN) {
+      return { messages, error: `trailing ${remaining} bytes shorter than a netlink header` };
+    }
+    const len = datagram.readUInt32LE(off);
+    if (len < NLMSG_HDRLEN) return { messages, error: `nlmsg_len ${len} smaller than the header` };
+    if (len > remaining) {
+      return { messages, error: `nlmsg_len ${len} exceeds the ${remaining} bytes left in the datagram` };
+    }
+    const header = readHeader(datagram, off);
+    messages.push({
+      header,
+      payload: datagram.subarray(off + NLMSG_HDRLEN, off + len),
+      raw: datagram.subarray(off, off + len),
+    });
+    off += align4(len);
+  }
+  return { messages };
+}
+
+/** Attributes indexed by type; index 0 unused. The last occurrence of a type wins (as nla_parse). */
+export type AttrTable = (Buffer | undefined)[];
+
+export type AttrParse = { ok: true; attrs: AttrTable } | { ok: false; reason: string };
+
+/**
+ * Parse attributes (no family header: they start right after the netlink header).
+ * Types above `maxType` are ignored (liberal parsing, as the kernel and rdma-core do).
+ */
+export function parseAttrs(payload: Buffer, maxType: number): AttrParse {
+  const attrs: AttrTable = new Array(maxType + 1);
+  let off = 0;
+  while (off + NLA_HDRLEN <= payload.length) {
+    const len = payload.readUInt16LE(off);
+    const type = payload.readUInt16LE(off + 2) & NLA_TYPE_MASK;
+    if (len < NLA_HDRLEN) return { ok: false, reason: `attribute at offset ${off} has nla_len ${len} < 4` };
+    if (off + len > payload.length) {
+      return { ok: false, reason: `attribute ${type} at offset ${off} (nla_len ${len}) runs past the message end` };
+    }
+    if (type <= maxType) attrs[type] = payload.subarray(off + NLA_HDRLEN, off + len);
+    off += align4(len);
+  }
+  // Fewer than 4 trailing bytes are tolerated (nla_ok semantics).
+  return { ok: true, attrs };
+}
+
+/** Attribute value kinds used by IWPM. */
+export type AttrValue =
+  | { kind: 'u16'; value: number }
+  | { kind: 'u32'; value: number }
+  | { kind: 'bytes'; value: Buffer }
+  | { kind: 'string'; value: string };
+
+export interface AttrSpec {
+  type: number;
+  v: AttrValue;
+}
+
+function attrPayloadLen(v: AttrValue): number {
+  switch (v.kind) {
+    case 'u16':
+      return 2;
+    case 'u32':
+      return 4;
+    case 'bytes':
+      return v.value.length;
+    case 'string':
+      return Buffer.byteLength(v.value, 'latin1') + 1; // NUL-terminated, libnl nla_put_string
+  }
+}
+
+/**
+ * Encode one message. nlmsg_len counts the padding of the last attribute, as libnl
+ * (and therefore rdma-core) does.
+ */
+export function encodeMessage(h: Omit<NlHeader, 'len'>, attrs: readonly AttrSpec[]): Buffer {
+  let len = NLMSG_HDRLEN;
+  for (const a of attrs) len += align4(NLA_HDRLEN + attrPayloadLen(a.v));
+  const buf = Buffer.alloc(len);
+  writeHeader(buf, { ...h, len });
+  let off = NLMSG_HDRLEN;
+  for (const a of attrs) {
+    const plen = attrPayloadLen(a.v);
+    buf.writeUInt16LE(NLA_HDRLEN + plen, off);
+    buf.writeUInt16LE(a.type, off + 2);
+    const p = off + NLA_HDRLEN;
+    switch (a.v.kind) {
+      case 'u16':
+        buf.writeUInt16LE(a.v.value & 0xffff, p);
+        break;
+      case 'u32':
+        buf.writeUInt32LE(a.v.value >>> 0, p);
+        break;
+      case 'bytes':
+        a.v.value.copy(buf, p);
+        break;
+      case 'string':
+        buf.write(a.v.value, p, 'latin1');
+        break;
+    }
+    off += align4(NLA_HDRLEN + plen);
+  }
+  return buf;
+}
+
+export const u16 = (type: number, value: number): AttrSpec => ({ type, v: { kind: 'u16', value } });
+export const u32 = (type: number, value: number): AttrSpec => ({ type, v: { kind: 'u32', value } });
+export const bytes = (type: number, value: Buffer): AttrSpec => ({ type, v: { kind: 'bytes', value } });
+export const str = (type: number, value: string): AttrSpec => ({ type, v: { kind: 'string', value } });
+
+/** NLMSG_DONE payload: optional s32 status (the kernel handler's return value). */
+export function decodeDoneStatus(m: NlMessage): number | undefined {
+  return m.payload.length >= 4 ? m.payload.readInt32LE(0) : undefined;
+}
+
+export interface NlError {
+  /** Negative errno (0 = ack). */
+  error: number;
+  /** Header of the message that failed, when echoed. */
+  original?: NlHeader;
+}
+
+export function decodeError(m: NlMessage): NlError | undefined {
+  if (m.payload.length < 4) return undefined;
+  const error = m.payload.readInt32LE(0);
+  const original = m.payload.length >= 4 + NLMSG_HDRLEN ? readHeader(m.payload, 4) : undefined;
+  return { error, original };
+}
+
+/** Bare 16-byte NLMSG_DONE (as the kernel ends a MAPINFO datagram). */
+export function encodeDone(seq: number, pid: number, status?: number): Buffer {
+  const len = status === undefined ? NLMSG_HDRLEN : NLMSG_HDRLEN + 4;
+  const buf = Buffer.alloc(len);
+  writeHeader(buf, { len, type: NLMSG_DONE, flags: NLM_F_MULTI, seq, pid });
+  if (status !== undefined) buf.writeInt32LE(status, NLMSG_HDRLEN);
+  return buf;
+}
+
+/** Read a NUL-padded/terminated string attribute (stops at the first NUL). */
+export function readCString(b: Buffer): string {
+  const nul = b.indexOf(0);
+  return b.toString('latin1', 0, nul === -1 ? b.length : nul);
+}

@@ -1,0 +1,143 @@
+/**
+ * struct sockaddr_storage as IWPM carries it: exactly 128 bytes, Linux layout.
+ * Family is host order (little-endian), port and address network order.
+ *
+ *   AF_INET  (2):  0-1 family, 2-3 port, 4-7 address, rest zero
+ *   AF_INET6 (10): 0-1 family, 2-3 port, 4-7 flowinfo (network order), 8-23 address,
+ *                  24-27 scope id (host order), rest zero
+ */
+
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const SOCKADDR_STORAGE_SIZE = 128;
+
+export interface SockAddr {
+  family: typeof AF_INET | typeof AF_INET6;
+  port: number;
+  /** 4 bytes (AF_INET) or 16 bytes (AF_INET6), network order. */
+  ip: Buffer;
+  /** AF_INET6 only (network-order value as read); 0 for AF_INET. */
+  flowinfo: number;
+  /** AF_INET6 only; 0 for AF_INET. */
+  scopeId: number;
+}
+
+export type SockAddrDecode = { ok: true; addr: SockAddr } | { ok: false; reason: string };
+
+/** Decode an address attribute. Needs at least 128 bytes, as the kernel's policy does. */
+export function decodeSockaddr(b: Buffer | undefined): SockAddrDecode {
+  if (!b) return { ok: false, reason: 'address attribute missing' };
+  if (b.length < SOCKADDR_STORAGE_SIZE) {
+    return { ok: false, reason: `address attribute is ${b.length} bytes, expected ${SOCKADDR_STORAGE_SIZE}` };
+  }
+  const family = b.readUInt16LE(0);
+  const port = b.readUInt16BE(2);
+  if (family === AF_INET) {
+    return { ok: true, addr: { family, port, ip: Buffer.from(b.subarray(4, 8)), flowinfo: 0, scopeId: 0 } };
+  }
+  if (family === AF_INET6) {
+    return {
+      ok: true,
+      addr: {
+        family,
+        port,
+        ip: Buffer.from(b.subarray(8, 24)),
+        flowinfo: b.readUInt32BE(4),
+        scopeId: b.readUInt32LE(24),
+      },
+    };
+  }
+  return { ok: false, reason: `unsupported address family ${family}` };
+}
+
+/** Encode into a fresh 128-byte buffer; every unused byte is zero. */
+export function encodeSockaddr(a: SockAddr): Buffer {
+  const b = Buffer.alloc(SOCKADDR_STORAGE_SIZE);
+  b.writeUInt16LE(a.family, 0);
+  b.writeUInt16BE(a.port & 0xffff, 2);
+  if (a.family === AF_INET) {
+    a.ip.copy(b, 4, 0, 4);
+  } else {
+    b.writeUInt32BE(a.flowinfo >>> 0, 4);
+    a.ip.copy(b, 8, 0, 16);
+    b.writeUInt32LE(a.scopeId >>> 0, 24);
+  }
+  return b;
+}
+
+export function isWildcard(a: SockAddr): boolean {
+  for (let i = 0; i < a.ip.length; i++) if (a.ip[i] !== 0) return false;
+  return true;
+}
+
+/** Same family, IP and port (what the kernel's iwpm_compare_sockaddr and rdma-core compare). */
+export function sameAddr(a: SockAddr, b: SockAddr): boolean {
+  return a.family === b.family && a.port === b.port && a.ip.equals(b.ip);
+}
+
+export function withPort(a: SockAddr, port: number): SockAddr {
+  return { ...a, port };
+}
+
+/**
+ * Canonical table key from bytes: IPv4 address and port fit exactly in a JS number
+ * (48 bits); IPv6 keys are strings. Numbers and strings never collide in a Map.
+ */
+export function addrKey(a: SockAddr): number | string {
+  if (a.family === AF_INET) return a.ip.readUInt32BE(0) * 65536 + a.port;
+  return a.ip.toString('latin1') + String.fromCharCode(a.port);
+}
+
+export function formatIp(a: Pick<SockAddr, 'family' | 'ip'>): string {
+  if (a.family === AF_INET) return `${a.ip[0]}.${a.ip[1]}.${a.ip[2]}.${a.ip[3]}`;
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(a.ip.readUInt16BE(i).toString(16));
+  // compress the longest run of zero groups (RFC 5952)
+  let bestStart = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > bestLen && j - i > 1) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  if (bestStart < 0) return groups.join(':');
+  const head = groups.slice(0, bestStart).join(':');
+  const tail = groups.slice(bestStart + bestLen).join(':');
+  return `${head}::${tail}`;
+}
+
+export function formatAddr(a: SockAddr): string {
+  return a.family === AF_INET ? `${formatIp(a)}:${a.port}` : `[${formatIp(a)}]:${a.port}`;
+}
+
+/** Parse "1.2.3.4" or an IPv6 literal into a SockAddr (for tests, config and tools). */
+export function parseIp(ip: string, port = 0): SockAddr {
+  if (ip.includes(':')) {
+    const b = Buffer.alloc(16);
+    const [headS, tailS] = ip.includes('::') ? ip.split('::') : [ip, undefined];
+    const head = headS ? headS.split(':') : [];
+    const tail = tailS !== undefined && tailS !== '' ? tailS.split(':') : [];
+    if (tailS === undefined && head.length !== 8) throw new Error(`invalid IPv6 address ${ip}`);
+    const groups = [...head, ...new Array(8 - head.length - tail.length).fill('0'), ...tail];
+    if (groups.length !== 8) throw new Error(`invalid IPv6 address ${ip}`);
+    groups.forEach((g, i) => {
+      const v = parseInt(g, 16);
+      if (!/^[0-9a-fA-F]{1,4}$/.test(g) || Number.isNaN(v)) throw new Error(`invalid IPv6 address ${ip}`);
+      b.writeUInt16BE(v, i * 2);
+    });
+    return { family: AF_INET6, port, ip: b, flowinfo: 0, scopeId: 0 };
+  }
+  const parts = ip.split('.');
+  if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) {
+    throw new Error(`invalid IPv4 address ${ip}`);
+  }
+  return { family: AF_INET, port, ip: Buffer.from(parts.map(Number)), flowinfo: 0, scopeId: 0 };
+}
