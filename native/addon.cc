@@ -33,4 +33,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
 }  // namespace iwpm
 
-NODE_API_MODULE(iwpm_native, iwpm::Init)
+// NODE_API_MODULE pastes its argument into an identifier: it needs an unqualified name.
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return iwpm::Init(env, exports); }
+
+NODE_API_MODULE(iwpm_native, InitModule)

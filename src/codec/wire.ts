@@ -1,0 +1,160 @@
+/**
+ * The daemon-to-daemon message on UDP 3935 (spec §5.2). Pure.
+ *
+ * One 64-byte layout; REQ sends all 64 bytes, ACC/ACK/REJ the first 48. Big-endian.
+ *
+ *   0   magic: bits 7-6 protocol version (0), bits 5-4 type, bits 3-0 IP version (4|6)
+ *   1   pmtime (0 in REQ, echoed in replies)
+ *   2   reserved: REQ = mapped connecting-peer port, 0 in the others
+ *   4   apport      accepting peer (listener) port
+ *   6   cpport      connecting peer port
+ *   8   assochandle 64-bit, chosen by the connecting side
+ *   16  cpipaddr    16 bytes
+ *   32  apipaddr    16 bytes
+ *   48  mapped_cpipaddr 16 bytes (REQ only)
+ *
+ * IPv4 addresses sit in bytes 0-3 of a 16-byte field (not IPv4-mapped IPv6); bytes 4-15
+ * are written as zeros and ignored on receive (rdma-core puts stack garbage there).
+ */
+
+/** rdma-core's IWARP_PM_PORT. */
+export const IWARP_PM_PORT = 3935;
+
+export const PM_MSG_REQ = 0;
+export const PM_MSG_ACC = 1;
+export const PM_MSG_ACK = 2;
+export const PM_MSG_REJ = 3;
+export type PeerMsgType = typeof PM_MSG_REQ | typeof PM_MSG_ACC | typeof PM_MSG_ACK | typeof PM_MSG_REJ;
+
+export const PM_TYPE_NAMES: readonly string[] = ['REQ', 'ACC', 'ACK', 'REJ'];
+
+/** IWARP_PM_MESSAGE_SIZE: ACC, ACK and REJ. */
+export const PM_MESSAGE_SIZE = 48;
+/** REQ: 48 + mapped_cpipaddr. */
+export const PM_REQ_SIZE = 64;
+/** The protocol version we send (rdma-core sends 0 and echoes what it receives). */
+export const PM_PROTOCOL_VERSION = 0;
+
+const VER_SHIFT = 6;
+const MT_SHIFT = 4;
+const MT_MASK = 0x30;
+const IPVER_MASK = 0x0f;
+
+export type IpVersion = 4 | 6;
+
+interface PeerMessageBase {
+  /** 4 or 6; decides the length of the address fields (4 or 16 bytes). */
+  ipVersion: IpVersion;
+  /** 0..255; 0 in REQ, echoed in replies. */
+  pmtime: number;
+  /** Wire field `reserved`: the connecting peer's mapped port in REQ; 0 in the others. */
+  mappedCpPort: number;
+  apPort: number;
+  cpPort: number;
+  /** Unsigned 64-bit. */
+  assocHandle: bigint;
+  /** 4 bytes (ipVersion 4) or 16 bytes (ipVersion 6). */
+  cpIp: Buffer;
+  apIp: Buffer;
+}
+
+export interface PeerReq extends PeerMessageBase {
+  type: typeof PM_MSG_REQ;
+  /** The connecting peer's mapped IP (4 or 16 bytes). */
+  mappedCpIp: Buffer;
+}
+
+export interface PeerReply extends PeerMessageBase {
+  type: typeof PM_MSG_ACC | typeof PM_MSG_ACK | typeof PM_MSG_REJ;
+}
+
+export type PeerMessage = PeerReq | PeerReply;
+
+/** Why a datagram was refused (for counters). */
+export type WireRejectKind = 'length' | 'reqLength' | 'version' | 'ipVersion';
+
+export type PeerDecode =
+  | { ok: true; msg: PeerMessage }
+  | { ok: false; kind: WireRejectKind; reason: string };
+
+function ipLen(v: IpVersion): number {
+  return v === 4 ? 4 : 16;
+}
+
+function putIp(out: Buffer, offset: number, ip: Buffer, v: IpVersion): void {
+  // out is zero-filled: IPv4 leaves bytes 4-15 zero
+  ip.copy(out, offset, 0, ipLen(v));
+}
+
+/** Encode into a fresh buffer: 64 bytes for REQ, 48 for the others. */
+export function encodePeerMessage(m: PeerMessage): Buffer {
+  const out = Buffer.alloc(m.type === PM_MSG_REQ ? PM_REQ_SIZE : PM_MESSAGE_SIZE);
+  out[0] = (PM_PROTOCOL_VERSION << VER_SHIFT) | (m.type << MT_SHIFT) | m.ipVersion;
+  out[1] = m.pmtime & 0xff;
+  out.writeUInt16BE(m.mappedCpPort & 0xffff, 2);
+  out.writeUInt16BE(m.apPort & 0xffff, 4);
+  out.writeUInt16BE(m.cpPort & 0xffff, 6);
+  out.writeBigUInt64BE(BigInt.asUintN(64, m.assocHandle), 8);
+  putIp(out, 16, m.cpIp, m.ipVersion);
+  putIp(out, 32, m.apIp, m.ipVersion);
+  if (m.type === PM_MSG_REQ) putIp(out, 48, m.mappedCpIp, m.ipVersion);
+  return out;
+}
+
+/**
+ * Decode one datagram. Never throws. Accepts what rdma-core accepts (48 or 64 bytes,
+ * IP version 4 or 6) except: the protocol version must be 0 and a REQ must be 64 bytes
+ * (rdma-core reads mapped_cpipaddr from a REQ whatever its length). A 64-byte ACC, ACK
+ * or REJ is accepted and its last 16 bytes ignored.
+ */
+export function decodePeerMessage(b: Uint8Array): PeerDecode {
+  const len = b.length;
+  if (len !== PM_MESSAGE_SIZE && len !== PM_REQ_SIZE) {
+    return { ok: false, kind: 'length', reason: `datagram is ${len} bytes, expected ${PM_MESSAGE_SIZE} or ${PM_REQ_SIZE}` };
+  }
+  const magic = b[0]!;
+  const version = magic >> VER_SHIFT;
+  if (version !== PM_PROTOCOL_VERSION) {
+    return { ok: false, kind: 'version', reason: `protocol version ${version}, expected ${PM_PROTOCOL_VERSION}` };
+  }
+  const ipv = magic & IPVER_MASK;
+  if (ipv !== 4 && ipv !== 6) return { ok: false, kind: 'ipVersion', reason: `IP version ${ipv}, expected 4 or 6` };
+  const type = ((magic & MT_MASK) >> MT_SHIFT) as PeerMsgType;
+  if (type === PM_MSG_REQ && len !== PM_REQ_SIZE) {
+    return { ok: false, kind: 'reqLength', reason: `REQ is ${len} bytes, expected ${PM_REQ_SIZE}` };
+  }
+  const buf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  const n = ipLen(ipv);
+  const ip = (offset: number): Buffer => Buffer.from(buf.subarray(offset, offset + n));
+  const base = {
+    ipVersion: ipv as IpVersion,
+    pmtime: buf[1]!,
+    mappedCpPort: buf.readUInt16BE(2),
+    apPort: buf.readUInt16BE(4),
+    cpPort: buf.readUInt16BE(6),
+    assocHandle: buf.readBigUInt64BE(8),
+    cpIp: ip(16),
+    apIp: ip(32),
+  };
+  if (type === PM_MSG_REQ) return { ok: true, msg: { type, ...base, mappedCpIp: ip(48) } };
+  return { ok: true, msg: { type, ...base } };
+}
+
+/** The same message as another reply type (REJ/ACC from a REQ, ACK from an ACC): 48 bytes. */
+export function asReply(
+  m: PeerMessage,
+  type: PeerReply['type'],
+  fields: Partial<Pick<PeerMessageBase, 'apPort' | 'apIp'>> = {},
+): PeerReply {
+  return {
+    type,
+    ipVersion: m.ipVersion,
+    pmtime: m.pmtime,
+    mappedCpPort: 0,
+    apPort: fields.apPort ?? m.apPort,
+    cpPort: m.cpPort,
+    assocHandle: m.assocHandle,
+    cpIp: m.cpIp,
+    apIp: fields.apIp ?? m.apIp,
+  };
+}

@@ -1,0 +1,238 @@
+/**
+ * Wires the daemon together: netlink socket (native), port reserver (native),
+ * the kernel-side core, the peer exchange on UDP, the control socket, the ticker
+ * and signals. Everything here is I/O; all decisions are in core/.
+ */
+import { readFileSync } from 'node:fs';
+import type { Logger } from '../core/log.js';
+import { IwpmDaemon } from '../core/daemon.js';
+import { PortReserver } from '../core/ports.js';
+import { type Native, NETLINK_RDMA, NETLINK_USERSOCK, type NetlinkBatch, type NetlinkSocket } from '../native/types.js';
+import { ControlServer } from './control.js';
+import { type DaemonConfig } from './config.js';
+import { inInitialNetns, iwcmLoaded, localPortRange, localReservedPorts } from './sysctl.js';
+import { sdNotify } from './systemd.js';
+import { startPeer, type PeerHandle } from './peer-wiring.js';
+
+/** Netlink receive buffer requested when the config file sets none (bytes). */
+export const DEFAULT_NL_RCVBUF_BYTES = 32 * 1024 * 1024;
+/** Multicast group of the kernel's REG_PID (RDMA_NL_GROUP_IWPM). */
+export const RDMA_NL_GROUP_IWPM = 2;
+export const IWARP_PM_PORT = 3935;
+/** How often the core's timers are looked at. */
+export const TICK_MS = 100;
+/** File descriptors the fd table is grown to at start (bounded by RLIMIT_NOFILE). */
+export const PREGROW_FDS = 131072;
+
+export interface ServiceOptions {
+  config: DaemonConfig;
+  log: Logger;
+  /** USERSOCK mode: the simulator's port id. undefined = NETLINK_RDMA, kernel = 0. */
+  kernelPort?: number;
+  nlGroup: number;
+  udpPort: number;
+  /** Control socket path, or undefined for none. */
+  controlPath?: string;
+  systemd: boolean;
+}
+
+export class StartupError extends Error {}
+
+export function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    return pkg.version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export class Service {
+  daemon!: IwpmDaemon;
+  private nl?: NetlinkSocket;
+  private peer?: PeerHandle;
+  private control?: ControlServer;
+  private ticker?: NodeJS.Timeout;
+  private readonly startedAtMs = Date.now();
+  private stopped = false;
+  ports!: PortReserver;
+
+  constructor(
+    private readonly native: Native,
+    private readonly opts: ServiceOptions,
+  ) {}
+
+  async start(): Promise<void> {
+    const { log, kernelPort } = this.opts;
+    const usersock = kernelPort !== undefined;
+
+    const lim = this.native.raiseNofileLimit();
+    const grown = this.native.pregrowFdTable(Math.min(PREGROW_FDS, lim.soft));
+    log.debug(`RLIMIT_NOFILE ${lim.soft}/${lim.hard}; fd table grown to ${grown}`);
+
+    if (!usersock && inInitialNetns() === false) {
+      throw new StartupError(
+        'iwpmd must run in the initial network namespace: the kernel talks to the port mapper only there',
+      );
+    }
+
+    const range = localPortRange();
+    const reserved = localReservedPorts();
+    this.ports = new PortReserver(this.native, {
+      range,
+      reserved,
+      start: range ? range.low + Math.floor(Math.random() * (range.high - range.low + 1)) : undefined,
+    });
+    log.info(
+      range
+        ? `reserving ports from ${range.low}-${range.high} (${reserved.size} reserved ports skipped)`
+        : 'ip_local_port_range unreadable: the kernel chooses reserved ports',
+    );
+
+    const kernelPortId = kernelPort ?? 0;
+    const rcvbufBytes = this.opts.config.nlSockRbufSize || DEFAULT_NL_RCVBUF_BYTES;
+    try {
+      this.nl = new this.native.NetlinkSocket(
+        {
+          protocol: usersock ? NETLINK_USERSOCK : NETLINK_RDMA,
+          portId: 0,
+          groups: 1 << (this.opts.nlGroup - 1),
+          rcvbufBytes,
+        },
+        (batch) => this.onBatch(batch),
+        (err) => log.warn(`netlink send failed${err.index !== undefined ? ` (datagram ${err.index})` : ''}: ${err.message}`),
+      );
+    } catch (e) {
+      const err = e as Error & { code?: string };
+      if (!usersock && (err.code === 'EPROTONOSUPPORT' || err.code === 'EAFNOSUPPORT')) {
+        throw new StartupError(
+          `this kernel has no NETLINK_RDMA (${err.code}): load the RDMA core and iWARP connection manager ` +
+            '(modprobe ib_core iw_cm) and run iwpmd in the initial network namespace',
+        );
+      }
+      throw new StartupError(`cannot open the netlink socket: ${err.message}`);
+    }
+    const nl = this.nl;
+    log.info(
+      `netlink ${usersock ? `USERSOCK (kernel simulator at port id ${kernelPortId}, group ${this.opts.nlGroup})` : 'RDMA'}` +
+        ` port id ${nl.portId}, receive buffer ${nl.rcvbufBytes} bytes via ${nl.rcvbufOption}`,
+    );
+    if (!usersock && !iwcmLoaded()) log.warn('the iw_cm module is not loaded yet; the kernel loads it on our HELLO');
+
+    this.daemon = new IwpmDaemon({
+      sendToKernel: (d) => {
+        nl.send(d, kernelPortId, 0);
+      },
+      ports: this.ports,
+      log,
+      now: () => performance.now(),
+      portId: nl.portId,
+      kernelPortId,
+    });
+
+    this.peer = await startPeer({ daemon: this.daemon, log, port: this.opts.udpPort });
+
+    if (this.opts.controlPath) {
+      this.control = new ControlServer(this.opts.controlPath, (cmd) => this.control_(cmd));
+      try {
+        await this.control.start();
+      } catch (e) {
+        log.warn(`control socket ${this.opts.controlPath} unavailable: ${(e as Error).message}`);
+        this.control = undefined;
+      }
+    }
+
+    this.daemon.start();
+    this.ticker = setInterval(() => this.daemon.tick(performance.now()), TICK_MS);
+    if (this.opts.systemd) sdNotify(this.native.unixDatagramSend, 'READY=1');
+    log.info(`iwpmd ${packageVersion()} started (pid ${process.pid})`);
+  }
+
+  private onBatch(batch: NetlinkBatch): void {
+    if (this.stopped) return;
+    if (batch.overruns > 0 || batch.errors.length > 0) this.daemon.noteReceiveTrouble(batch.overruns, batch.errors);
+    if (batch.count === 0) return;
+    const list = new Array(batch.count);
+    for (let i = 0; i < batch.count; i++) {
+      const off = batch.offsets[i]!;
+      list[i] = {
+        data: batch.data.subarray(off, off + batch.lengths[i]!),
+        sender: batch.senders[i]!,
+        truncated: batch.truncated[i] === 1,
+      };
+    }
+    try {
+      this.daemon.onBatch(list);
+    } catch (e) {
+      // Never die on input: log and keep serving.
+      this.opts.log.error(`internal error while handling a netlink batch: ${(e as Error).stack ?? e}`);
+    }
+  }
+
+  private control_(cmd: string[]): unknown {
+    const [verb, what] = cmd;
+    if (verb !== 'show') return { error: `unknown command "${cmd.join(' ')}"` };
+    switch (what) {
+      case 'mappings':
+        return this.daemon.describeMappings();
+      case 'clients':
+        return this.daemon.clients.registered();
+      case 'stats':
+        return this.stats();
+      case 'status':
+      case undefined:
+        return this.status();
+      default:
+        return { error: `unknown object "${what}" (mappings, clients, stats, status)` };
+    }
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      version: packageVersion(),
+      pid: process.pid,
+      uptimeMs: Date.now() - this.startedAtMs,
+      netlink: this.opts.kernelPort === undefined ? 'rdma' : `usersock:${this.opts.kernelPort}`,
+      portId: this.nl?.portId,
+      abi: this.daemon.negotiatedAbi ?? 'negotiating',
+      mappings: this.daemon.table.size,
+      pendingQueries: this.daemon.pendingQueries,
+      udpPort: this.opts.udpPort,
+      peer: this.peer?.describe(),
+    };
+  }
+
+  stats(): Record<string, unknown> {
+    return {
+      daemon: this.daemon.counters,
+      netlink: this.nl?.stats(),
+      ports: this.ports.stats,
+      peer: this.peer?.stats(),
+    };
+  }
+
+  /** The mapping table as log lines (SIGUSR1), like rdma-core's dump. */
+  dumpMappings(): void {
+    const maps = this.daemon.describeMappings();
+    this.opts.log.warn(`mapping table: ${maps.length} mapping(s)`);
+    maps.forEach((m, i) =>
+      this.opts.log.warn(
+        `Mapping #${i + 1}: local ${m.local} mapped ${m.mapped} refs ${m.refCount} client ${m.ownerClient}` +
+          ` flags ${m.flags} ${m.state}${m.wildcard ? ' wildcard' : ''}`,
+      ),
+    );
+  }
+
+  /** Release every reserved port and close every socket. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.opts.systemd) sdNotify(this.native.unixDatagramSend, 'STOPPING=1');
+    if (this.ticker) clearInterval(this.ticker);
+    const released = this.daemon?.shutdown() ?? 0;
+    await this.peer?.close();
+    this.control?.close();
+    this.nl?.close();
+    this.opts.log.info(`stopped; released ${released} reserved port(s)`);
+  }
+}
