@@ -67,6 +67,17 @@ sockaddr_nl NlAddr(uint32_t pid, uint32_t groups) {
   return a;
 }
 
+// False once the environment is stopping (process.exit() or terminate() in a
+// Worker): Node then still runs the loop to close its own handles, so our uv
+// callbacks can fire, but JS must not be entered and node-addon-api would abort
+// on the failed calls. strict_equals is a side-effect-free call that Node-API
+// refuses in that state.
+bool CanCallJs(napi_env env) {
+  napi_value u;
+  bool eq = false;
+  return napi_get_undefined(env, &u) == napi_ok && napi_strict_equals(env, u, u, &eq) == napi_ok;
+}
+
 // Reads options[key] as an integer in [lo, hi]; absent -> def (or TypeError if def < 0).
 bool GetInt(const Napi::Object& o, const char* key, int64_t def, int64_t lo, int64_t hi, int64_t* out) {
   Napi::Env env = o.Env();
@@ -126,6 +137,7 @@ class NetlinkSocket : public Napi::ObjectWrap<NetlinkSocket> {
 
   int Open(int protocol, uint32_t port_id, uint32_t groups, int rcvbuf, const char** syscall);
   void Shutdown();  // closes handles and fd; never calls JS
+  void Quiesce();   // stops the handles until the env cleanup hook closes them
   TxResult Transmit(std::vector<mmsghdr>& msgs, const std::vector<uint32_t>& indexes);
   void Flush();
   void SetPollEvents(int events);
@@ -283,6 +295,12 @@ void NetlinkSocket::Shutdown() {
   }
 }
 
+void NetlinkSocket::Quiesce() {
+  if (handles_ == nullptr) return;
+  uv_poll_stop(&handles_->poll);
+  uv_timer_stop(&handles_->timer);
+}
+
 void NetlinkSocket::OnClosed(uv_handle_t* handle) {
   auto* h = static_cast<Handles*>(handle->data);
   if (--h->open == 0) delete h;
@@ -303,6 +321,7 @@ void NetlinkSocket::OnPoll(uv_poll_t* handle, int status, int events) {
   NetlinkSocket* self = static_cast<Handles*>(handle->data)->owner;
   if (self == nullptr) return;
   Napi::HandleScope scope(self->Env());
+  if (!CanCallJs(self->Env())) return self->Quiesce();
   if (status < 0) {
     // libuv stops the watcher on POLLERR, which netlink raises for a pending
     // ENOBUFS (overrun). Read the error (Drain counts it) and poll again.
@@ -359,7 +378,7 @@ void NetlinkSocket::Drain() {
   for (uint32_t i = 0; i < got; i++) {
     const msghdr& h = rx_msgs_[i].msg_hdr;
     uint32_t len = rx_msgs_[i].msg_len;
-    std::memcpy(data.Data() + at, rx_iov_[i].iov_base, len);
+    if (len > 0) std::memcpy(data.Data() + at, rx_iov_[i].iov_base, len);
     offsets[i] = static_cast<uint32_t>(at);
     lengths[i] = len;
     senders[i] = rx_addr_[i].nl_pid;
@@ -526,6 +545,7 @@ void NetlinkSocket::OnTimer(uv_timer_t* handle) {
   NetlinkSocket* self = static_cast<Handles*>(handle->data)->owner;
   if (self == nullptr) return;
   Napi::HandleScope scope(self->Env());
+  if (!CanCallJs(self->Env())) return self->Quiesce();
   self->Flush();
 }
 

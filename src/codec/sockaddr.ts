@@ -122,12 +122,16 @@ export function formatAddr(a: SockAddr): string {
 export function parseIp(ip: string, port = 0): SockAddr {
   if (ip.includes(':')) {
     const b = Buffer.alloc(16);
-    const [headS, tailS] = ip.includes('::') ? ip.split('::') : [ip, undefined];
+    const halves = ip.split('::');
+    // At most one "::", and it stands for at least one zero group.
+    if (halves.length > 2) throw new Error(`invalid IPv6 address ${ip}`);
+    const [headS, tailS] = halves.length === 2 ? halves : [ip, undefined];
     const head = headS ? headS.split(':') : [];
     const tail = tailS !== undefined && tailS !== '' ? tailS.split(':') : [];
-    if (tailS === undefined && head.length !== 8) throw new Error(`invalid IPv6 address ${ip}`);
-    const groups = [...head, ...new Array(8 - head.length - tail.length).fill('0'), ...tail];
-    if (groups.length !== 8) throw new Error(`invalid IPv6 address ${ip}`);
+    if (tailS === undefined ? head.length !== 8 : head.length + tail.length > 7) {
+      throw new Error(`invalid IPv6 address ${ip}`);
+    }
+    const groups = [...head, ...new Array<string>(8 - head.length - tail.length).fill('0'), ...tail];
     groups.forEach((g, i) => {
       const v = parseInt(g, 16);
       if (!/^[0-9a-fA-F]{1,4}$/.test(g) || Number.isNaN(v)) throw new Error(`invalid IPv6 address ${ip}`);

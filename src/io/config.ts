@@ -31,7 +31,8 @@ export function parseConfig(text: string, path: string): { config: DaemonConfig;
     const where = `${path}:${i + 1}`;
     const line = raw.replace(/\r$/, '');
     if (line === '' || line.startsWith('#') || /^\s*$/.test(line)) return;
-    const m = /^\s*([^=\s]{1,63})\s*=+\s*(\S*)\s*$/.exec(line);
+    // A trailing "# comment" after the value is allowed (rdma-core's sscanf("%d") ignores it too).
+    const m = /^\s*([^=\s]{1,63})\s*=+\s*(\S*?)\s*(?:#.*)?$/.exec(line);
     if (!m) {
       warnings.push(`${where}: cannot parse "${line.trim()}" (expected name=value)`);
       return;

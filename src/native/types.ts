@@ -21,17 +21,23 @@ export interface NetlinkSocketOptions {
   groups: number;
   /** Receive buffer request in bytes: SO_RCVBUFFORCE, falling back to SO_RCVBUF. 0 = leave default. */
   rcvbufBytes: number;
-  /** Most datagrams drained per poll wakeup (recvmmsg vlen). Default 64. */
+  /** Most datagrams drained per poll wakeup (recvmmsg vlen), 1..1024. Default 64. */
   batchSize?: number;
-  /** Size of each receive slot in bytes (datagrams longer are truncated and flagged). Default 65536. */
+  /**
+   * Size of each receive slot in bytes (datagrams longer are truncated and flagged),
+   * 1..1048576. Default 65536. The socket keeps batchSize * slotBytes bytes of receive slots.
+   */
   slotBytes?: number;
 }
 
-/** One poll wakeup's worth of received datagrams, delivered in one call. */
+/**
+ * One poll wakeup's worth of received datagrams, delivered in one call. All of it
+ * is freshly allocated for this call: keeping references to it is safe.
+ */
 export interface NetlinkBatch {
-  /** Number of datagrams in this batch (may be 0 when only `overruns` is set). */
+  /** Number of datagrams in this batch (may be 0 when only `overruns`/`errors` are set). */
   count: number;
-  /** Backing memory: datagram i is data.subarray(offsets[i], offsets[i] + lengths[i]). */
+  /** Backing memory, datagrams packed back to back: datagram i is data.subarray(offsets[i], offsets[i] + lengths[i]). */
   data: Buffer;
   offsets: Uint32Array;
   /** Bytes actually stored (<= slotBytes). */
@@ -49,16 +55,26 @@ export interface NetlinkBatch {
 }
 
 export interface NetlinkSocketStats {
+  /** Datagrams received (truncated ones included). */
   received: number;
+  /** Datagrams the kernel accepted, immediately or from the queue. */
   sent: number;
-  /** Datagrams currently queued in the addon waiting for writability. */
+  /** Datagrams currently queued in the addon waiting for the receiver to have room. */
   queued: number;
+  /** ENOBUFS seen on receive (each may stand for many dropped messages). */
   overruns: number;
+  /** Other receive errors. */
   recvErrors: number;
+  /** Datagrams that failed for good (reported through onError). */
   sendErrors: number;
   truncated: number;
 }
 
+/**
+ * While open, the socket keeps the event loop alive and its JS object referenced
+ * (like a Node handle); close() releases both. If the environment goes away first
+ * (process exit, Worker exit or terminate()), an env cleanup hook closes it.
+ */
 export interface NetlinkSocket {
   /** The bound port id (from getsockname). */
   readonly portId: number;
@@ -75,12 +91,28 @@ export interface NetlinkSocket {
    * at destPortId) for a datagram is counted in stats().sendErrors and reported
    * through the onError callback with the datagram index; later datagrams are
    * still sent.
+   *
+   * Details:
+   * - onError runs synchronously inside send() for datagrams that fail right away,
+   *   and later (from the loop) for queued ones; `index` is always the datagram's
+   *   position in the send() call it came from; `syscall` is "sendmmsg". Failed
+   *   datagrams are neither sent nor queued. send() itself throws only for bad
+   *   arguments (TypeError) or a closed socket (EBADF).
+   * - Once anything is queued, later send() calls queue behind it (returning 0) so
+   *   order is kept. Queued datagrams are copied: the caller may reuse its buffers.
+   * - Netlink reports a socket writable even while the receiver is full (the sender
+   *   is never charged), so after a retry without progress the queue is retried from
+   *   a timer with exponential backoff (1 ms doubling up to 64 ms) instead of spinning.
+   * - Multicast (destGroups != 0) is also unicast to destPortId by the kernel. On
+   *   NETLINK_USERSOCK nothing lives at port id 0, so destPortId = 0 with destGroups
+   *   delivers the broadcast AND reports ECONNREFUSED for that datagram; pass the
+   *   sender's own portId (it then receives a copy) or ignore that error.
    */
-  send(datagrams: Buffer[], destPortId?: number, destGroups?: number): number;
+  send(datagrams: readonly Uint8Array[], destPortId?: number, destGroups?: number): number;
   /** Join an extra multicast group by number (NETLINK_ADD_MEMBERSHIP). */
   addMembership(group: number): void;
   stats(): NetlinkSocketStats;
-  /** Stop polling and close the fd. Idempotent. */
+  /** Stop polling and close the fd; datagrams still queued are discarded. Idempotent. */
   close(): void;
 }
 
@@ -89,7 +121,11 @@ export interface NetlinkSocketConstructor {
    * Opens (SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC), binds, sets the receive buffer,
    * starts a uv_poll on the current env's loop. Throws a SystemError-like Error
    * (errno, code, syscall) on failure, e.g. EPROTONOSUPPORT when the kernel has no
-   * NETLINK_RDMA.
+   * NETLINK_RDMA, EADDRINUSE (syscall "bind") when the port id is taken. Bad options
+   * throw TypeError.
+   *
+   * Callbacks run from the event loop (MakeCallback: microtasks and nextTicks run
+   * after each); an exception thrown by one becomes an uncaught exception.
    */
   new (
     options: NetlinkSocketOptions,
@@ -115,23 +151,33 @@ export interface Native {
    * Batched TCP port reservation: for each i, socket(families[i], SOCK_STREAM|SOCK_CLOEXEC, 0)
    * and bind() to the family's wildcard address (0.0.0.0 / ::) at ports[i] (0 = kernel's
    * choice), no listen, no SO_REUSEADDR, no IPV6_V6ONLY; getsockname for the bound port.
-   * families[i] is 2 (AF_INET) or 10 (AF_INET6). One call, N syscalls pairs, no JS per item.
+   * families[i] is 2 (AF_INET) or 10 (AF_INET6); any other family fails that item with
+   * EAFNOSUPPORT. Arrays of other types or different lengths throw TypeError.
+   * One call, N syscalls pairs, no JS per item.
    */
   reservePorts(families: Uint8Array, ports: Uint16Array): ReserveResult;
 
-  /** Batched close(). Negative or unknown fds are ignored. Returns how many closed without error. */
+  /** Batched close(). Negative fds are skipped, unknown ones fail (EBADF) and are not counted. Returns how many closed without error. */
   closeFds(fds: Int32Array): number;
 
-  /** Raise RLIMIT_NOFILE soft limit to the hard limit. Returns the limits after the change. */
+  /** Raise RLIMIT_NOFILE soft limit to the hard limit. Returns the limits after the change (-1 = unlimited). */
   raiseNofileLimit(): { soft: number; hard: number };
 
   /**
    * Grow the process fd table once so it holds at least `count` descriptors
    * (dup a descriptor to count-1, then close it). Returns the fd number used, or -errno.
+   * count is clamped to the RLIMIT_NOFILE soft limit (raise it first); an fd already
+   * open at count-1 is left alone (the next free one above is used). count < 1 is a TypeError.
    */
   pregrowFdTable(count: number): number;
 
-  /** Send one datagram on an AF_UNIX SOCK_DGRAM socket to `path` ('@' prefix = abstract). For sd_notify and /dev/log. Returns 0 or -errno. */
+  /**
+   * Send one datagram on an AF_UNIX SOCK_DGRAM socket to `path` ('@' prefix = abstract).
+   * For sd_notify and /dev/log. Returns 0 or -errno: -ENOENT / -ECONNREFUSED when
+   * nobody is bound there, -EAGAIN when the receiver's queue is full (the socket is
+   * non-blocking: the event loop never stalls), -EINVAL for an empty path,
+   * -ENAMETOOLONG beyond 107 bytes.
+   */
   unixDatagramSend(path: string, data: Buffer): number;
 
   /** getpid() of this process. */

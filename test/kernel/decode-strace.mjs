@@ -215,6 +215,7 @@ const errors = [];
 for (const rec of records) {
   const dir = /^(send|write)/.test(rec.sc) ? 'out' : 'in';
   if (!(rec.ret >= 0)) {
+    if (/EAGAIN|EWOULDBLOCK/.test(rec.err)) continue; // non-blocking sockets: normal
     errors.push({ time: rec.time, sc: rec.sc, fd: fdOf(rec), err: rec.err || String(rec.ret) });
     continue;
   }
@@ -223,7 +224,8 @@ for (const rec of records) {
   // sendmsg/recvmsg with several iovecs carry one datagram: concatenate.
   let bufs = rec.bufs;
   if (!/mmsg$/.test(rec.sc) && bufs.length > 1) bufs = [Buffer.concat(bufs)];
-  if (rec.ret >= 0 && bufs.length === 1 && bufs[0].length > rec.ret) bufs = [bufs[0].subarray(0, rec.ret)];
+  // (for the *mmsg calls the return value is a message count, not a length)
+  if (!/mmsg$/.test(rec.sc) && bufs.length === 1 && bufs[0].length > rec.ret) bufs = [bufs[0].subarray(0, rec.ret)];
   for (const b of bufs) {
     if (pr === 'nl') {
       for (const m of decodeNetlink(b)) msgs.push({ time: rec.time, dir, ...m, datagram: b.length });

@@ -1,0 +1,575 @@
+#!/bin/bash
+# Runs inside the qemu guest as root (started by guest-pid1.sh, bounded by
+# GUEST_TIMEOUT). The root file system is the host's, read-only over 9p;
+# /run, /tmp, /root are tmpfs. Layout:
+#   /run/kt/project  the project checkout (read-only)
+#   /run/kt/kroot    the extracted Debian kernel tree (modules, read-only)
+#   /run/kt/results  writable share: evidence + summary.txt
+#
+# Brings up soft-iWARP (siw0 on a dummy netdev, 192.0.2.1/24), then runs the
+# scenario groups listed in KT_SCENARIOS (see scripts/test-kernel.sh). Every
+# scenario writes its evidence under results/<group>/ and one line to
+# results/summary.txt:  PASS|FAIL <group>.<scenario>: <details>
+set -u
+KT=/run/kt
+P=$KT/project
+R=$KT/results
+K=$KT/kroot
+# shellcheck disable=SC1091
+. "$R/config.env"
+SUM=$R/summary.txt
+ADDR=192.0.2.1
+NETDEV=kt0
+CTL=/run/iwpmd.sock
+TRACE=sendmsg,recvmsg,sendto,recvfrom,sendmmsg,recvmmsg
+DECODE="node $P/test/kernel/decode-strace.mjs"
+IWPMCTL="node $P/dist/cli/iwpmctl.js --control $CTL"
+SCENARIOS=${KT_SCENARIOS:-nodaemon ref ours compare}
+CMTIME_RUNS=${KT_CMTIME_RUNS:-4}
+CMTIME_CONNS=${KT_CMTIME_CONNS:-64}
+T0=$(date +%s.%N)
+
+# ------------------------------------------------------------------ helpers
+say() { printf '[%s] %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$T0" 'BEGIN{printf "%7.2f", a-b}')" "$*"; }
+result() { # result PASS|FAIL|SKIP|INFO name details...
+  local st=$1 name=$2; shift 2
+  printf '%s %s: %s\n' "$st" "$name" "$*" >> "$SUM"
+  say "$st $name: $*"
+}
+kmsg() { echo "$*" > /dev/kmsg; }
+mark() { kmsg "kt-mark: $1"; }
+dmesg_since() { dmesg | awk -v m="kt-mark: $1" 'f{print} index($0,m){f=1}'; }
+# state of a pid: empty when gone; "Z" for a zombie
+pstate() { local l; read -r l 2>/dev/null < "/proc/$1/stat" || return 0; l=${l##*) }; echo "${l%% *}"; }
+alive() { local s; s=$(pstate "$1"); [ -n "$s" ] && [ "$s" != Z ]; }
+# wait_exit PID SECONDS: waits for a background child; sets WRC (exit code or "timeout")
+wait_exit() {
+  local pid=$1 n=$(( $2 * 10 ))
+  while alive "$pid"; do
+    n=$((n - 1))
+    if [ "$n" -le 0 ]; then WRC=timeout; return 1; fi
+    sleep 0.1
+  done
+  wait "$pid" 2>/dev/null
+  WRC=$?
+  return 0
+}
+# stop_bg PID [SECONDS]: SIGTERM, then SIGKILL; sets WRC
+stop_bg() {
+  local pid=$1 t=${2:-3}
+  [ -n "$pid" ] || return 0
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null
+    if ! wait_exit "$pid" "$t"; then
+      kill -KILL "$pid" 2>/dev/null
+      wait_exit "$pid" 5
+      WRC="killed($WRC)"
+    fi
+  else
+    wait "$pid" 2>/dev/null
+    WRC=$?
+  fi
+}
+# wait_for SECONDS CMD...: polls CMD every 0.2 s
+wait_for() {
+  local n=$(( $1 * 5 )); shift
+  while ! "$@" >/dev/null 2>&1; do
+    n=$((n - 1))
+    [ "$n" -le 0 ] && return 1
+    sleep 0.2
+  done
+  return 0
+}
+count() { grep -c -- "$1" "$2" 2>/dev/null || true; }
+dyndbg() { echo "module iw_cm $1p" > /sys/kernel/debug/dynamic_debug/control 2>/dev/null; }
+# kernel error lines that a healthy run never produces (iwpm/iw_cm/siw + oopses)
+ERR_RE='Unable to send|Timeout [0-9]+ sec|Could not find a matching|Incorrect|Invalid|Insufficient|Unregistered port mapper|Received a Reject|Down level|Sockaddr family|Unable to parse|BUG|WARNING|Oops|Call Trace|general protection'
+kerrors() { grep -E "$ERR_RE" "$1" 2>/dev/null | grep -v 'kt-mark' || true; }
+
+listening() { rdma res show cm_id 2>/dev/null | grep -E "state LISTEN" | grep -q -- "$1:$2"; }
+cmids() { rdma res show cm_id 2>/dev/null | grep -c 'state' || true; }
+
+# --------------------------------------------------------------- the daemons
+DPID="" SPID="" DKIND=""
+# start_daemon KIND DIR TAG [strace]: DPID = daemon, SPID = what we wait on
+start_daemon() {
+  local kind=$1 dir=$2 tag=$3 tr=${4:-strace} level=${5:-debug}
+  local cmd
+  DKIND=$kind
+  case $kind in
+    ours) cmd=(node "$P/dist/cli/iwpmd.js" -s --log-level "$level" --control "$CTL") ;;
+    ref)  cmd=(/usr/sbin/iwpmd -s) ;;
+  esac
+  mkdir -p "$dir"
+  if [ "$tr" = strace ]; then
+    strace -f --seccomp-bpf -tt -yy -s 0 -e trace=$TRACE -e read=all -e write=all \
+      -o "$dir/strace-$tag.txt" "${cmd[@]}" > "$dir/daemon-$tag.log" 2>&1 &
+    SPID=$!
+    DPID=""
+    local i
+    for i in $(seq 100); do
+      DPID=$(pgrep -P "$SPID" | head -1)
+      [ -n "$DPID" ] && break
+      sleep 0.05
+    done
+  else
+    "${cmd[@]}" > "$dir/daemon-$tag.log" 2>&1 &
+    SPID=$!
+    DPID=$SPID
+  fi
+  say "started $kind daemon ($tag): pid ${DPID:-?} (strace/wrapper $SPID)"
+  echo "${DPID:-}" > "$dir/daemon-$tag.pid"
+}
+# daemon_ready MARK: HELLO handled by the kernel (+ control socket for ours)
+daemon_ready() {
+  dmesg_since "$1" | grep -q 'Using ABI version' || return 1
+  if [ "$DKIND" = ours ]; then [ -S "$CTL" ] || return 1; fi
+  return 0
+}
+stop_daemon() {
+  if [ -n "$DPID" ] && alive "$DPID"; then kill -TERM "$DPID" 2>/dev/null; fi
+  if [ -n "$SPID" ]; then stop_bg "$SPID" 8; DRC=$WRC; else DRC=none; fi
+  DPID="" SPID=""
+  rm -f "$CTL"
+}
+# mappings DIR TAG: our daemon's mapping table as JSON (saved) -> prints "N <compact list>"
+mappings() {
+  local dir=$1 tag=$2
+  timeout 20 $IWPMCTL -j show mappings > "$dir/mappings-$tag.json" 2> "$dir/mappings-$tag.err"
+  echo "rc=$?" >> "$dir/mappings-$tag.err"
+  node -e '
+    const fs = require("fs");
+    let j; try { j = JSON.parse(fs.readFileSync(process.argv[1], "utf8")); } catch (e) { console.log("ERR", e.message); process.exit(0); }
+    let arr = Array.isArray(j) ? j : null;
+    if (!arr && j && typeof j === "object") for (const v of Object.values(j)) if (Array.isArray(v)) { arr = v; break; }
+    if (!arr) { console.log("ERR no array in", JSON.stringify(j).slice(0, 200)); process.exit(0); }
+    console.log(arr.length, JSON.stringify(arr));
+  ' "$dir/mappings-$tag.json"
+}
+decode() { # decode DIR TAG -> DIR/nl-TAG.txt
+  [ -f "$1/strace-$2.txt" ] && $DECODE "$1/strace-$2.txt" > "$1/nl-$2.txt" 2> "$1/nl-$2.err"
+}
+nlc() { count "$1" "$2"; } # nlc PATTERN FILE
+
+# ------------------------------------------------------------------- set-up
+setup() {
+  local d=$R/setup
+  mkdir -p "$d"
+  # modprobe on this root has no /lib/modules: wrap it for the kernel's
+  # request_module() calls too.
+  cat > /run/kt-modprobe <<EOF
+#!/bin/sh
+exec /sbin/modprobe -d $K "\$@"
+EOF
+  chmod 755 /run/kt-modprobe
+  echo /run/kt-modprobe > /proc/sys/kernel/modprobe
+  mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+  hostname kt-guest 2>/dev/null
+  # rdma-core's iwpmd logs to syslog
+  /bin/busybox syslogd -n -O "$R/syslog.txt" &
+  SYSLOG_PID=$!
+  local ok=1 m
+  for m in ib_core iw_cm rdma_cm ib_uverbs rdma_ucm siw dummy; do
+    /run/kt-modprobe "$m" >> "$d/modprobe.txt" 2>&1 || { ok=0; echo "modprobe $m failed" >> "$d/modprobe.txt"; }
+  done
+  dyndbg +
+  ip link set lo up
+  ip link add "$NETDEV" type dummy && ip link set "$NETDEV" address 02:00:00:00:00:01 \
+    && ip addr add "$ADDR/24" dev "$NETDEV" && ip link set "$NETDEV" up || ok=0
+  rdma link add siw0 type siw netdev "$NETDEV" || ok=0
+  wait_for 10 sh -c 'rdma link show siw0/1 | grep -q ACTIVE' || ok=0
+  { uname -a; lsmod; ip addr; rdma link show; rdma dev show; ibv_devices; } > "$d/env.txt" 2>&1
+  if [ "$ok" = 1 ]; then
+    result PASS setup "siw0 on $NETDEV ($ADDR) ACTIVE; kernel $(uname -r); modules ib_core iw_cm rdma_cm ib_uverbs rdma_ucm siw loaded via modprobe -d"
+  else
+    result FAIL setup "could not bring up siw (see setup/)"
+  fi
+  [ "$ok" = 1 ]
+}
+
+# ---------------------------------------------------------- rping scenario
+# rping_pair DIR TAG PORT COUNT: server + client; writes DIR/rping-TAG-{server,client}.txt,
+# sets RP_CRC RP_SRC RP_PINGS
+rping_pair() {
+  local dir=$1 tag=$2 port=$3 n=$4 spid cpid
+  rping -s -a "$ADDR" -p "$port" -C "$n" -v > "$dir/rping-$tag-server.txt" 2>&1 &
+  spid=$!
+  if ! wait_for 15 listening "$ADDR" "$port"; then
+    echo "server not listening after 15 s" >> "$dir/rping-$tag-server.txt"
+  fi
+  timeout -s TERM -k 5 30 rping -c -a "$ADDR" -p "$port" -C "$n" -v -V > "$dir/rping-$tag-client.txt" 2>&1 &
+  cpid=$!
+  wait_exit "$cpid" 40 || { kill -KILL "$cpid" 2>/dev/null; wait_exit "$cpid" 5; }
+  RP_CRC=$WRC
+  wait_exit "$spid" 15 || stop_bg "$spid"
+  RP_SRC=$WRC
+  RP_PINGS=$(grep -c 'ping data:' "$dir/rping-$tag-client.txt" 2>/dev/null || true)
+}
+
+# scenario_startup GROUP KIND: start the daemon, HELLO/ABI 4
+scenario_startup() {
+  local g=$1 kind=$2 d=$R/$1
+  mkdir -p "$d"
+  mark "$g.startup"
+  start_daemon "$kind" "$d" 1
+  if [ -z "$DPID" ] || ! wait_for 30 daemon_ready "$g.startup"; then
+    dmesg_since "$g.startup" > "$d/dmesg-startup.txt"
+    result FAIL "$g.startup" "daemon not ready within 30 s (pid ${DPID:-none}; see $g/daemon-1.log, dmesg-startup.txt)"
+    return 1
+  fi
+  sleep 1
+  dmesg_since "$g.startup" > "$d/dmesg-startup.txt"
+  cp "$d/strace-1.txt" "$d/strace-startup.txt" 2>/dev/null
+  decode "$d" startup
+  local f=$d/nl-startup.txt ok=1 why=""
+  grep -q 'Using ABI version 4' "$d/dmesg-startup.txt" || { ok=0; why+=" no 'Using ABI version 4' in dmesg;"; }
+  grep -Eq '^\S+ out nl  0x0808 HELLO .*\[1\]=u16:4' "$f" || { ok=0; why+=" no HELLO{abi 4} sent;"; }
+  grep -Eq '^\S+ in  nl  0x0808 HELLO .*\[1\]=u16:4' "$f" || { ok=0; why+=" no HELLO{abi 4} reply from the kernel;"; }
+  grep -Eq '^\S+ out nl  0x0806 MAPINFO .*"iWarpPortMapperUser"' "$f" || { ok=0; why+=" no MAPINFO request;"; }
+  if [ "$kind" = ours ]; then
+    grep -Eiq 'abi[^0-9]{0,20}4|version[^0-9]{0,5}4' "$d/daemon-1.log" || { ok=0; why+=" daemon log does not mention ABI 4;"; }
+    timeout 20 $IWPMCTL -j show stats > "$d/stats-startup.json" 2>&1 || { ok=0; why+=" iwpmctl show stats failed;"; }
+  fi
+  alive "$DPID" || { ok=0; why+=" daemon exited;"; }
+  local errs; errs=$(kerrors "$d/dmesg-startup.txt")
+  [ -z "$errs" ] || { ok=0; why+=" kernel errors: $errs;"; }
+  STARTUP_OK=$ok STARTUP_WHY=$why
+  # the kernel registers the daemon on the first listen: checked in the rping
+  # scenario, which reports the verdict for startup too.
+  return 0
+}
+
+# scenario_rping GROUP KIND: one rping exchange with REG_PID/ADD/QUERY/REMOTE_INFO/REMOVE
+scenario_rping() {
+  local g=$1 kind=$2 d=$R/$1 ok=1 why="" tcpd=""
+  mark "$g.rping"
+  if command -v tcpdump >/dev/null; then
+    tcpdump -i lo -nn -U -Z root -w "$d/udp3935.pcap" udp port 3935 > "$d/tcpdump.txt" 2>&1 &
+    tcpd=$!
+    wait_for 10 grep -q 'listening on' "$d/tcpdump.txt"
+  fi
+  rping_pair "$d" rping 7174 3
+  sleep 1
+  local mp=""
+  [ "$kind" = ours ] && mp=$(mappings "$d" after-rping)
+  [ -n "$tcpd" ] && { stop_bg "$tcpd"; tcpdump -r "$d/udp3935.pcap" -nn -x > "$d/udp3935.txt" 2>&1; }
+  dmesg_since "$g.rping" > "$d/dmesg-rping.txt"
+  local k=$d/dmesg-rping.txt
+  # outcome seen by the kernel and the applications
+  [ "$RP_CRC" = 0 ] || { ok=0; why+=" client exit $RP_CRC;"; }
+  [ "$RP_SRC" = 0 ] || { ok=0; why+=" server exit $RP_SRC;"; }
+  [ "$RP_PINGS" = 3 ] || { ok=0; why+=" client printed $RP_PINGS/3 pings;"; }
+  local kreg kadd kq kri krm cids
+  kreg=$(count 'iWarp Port Mapper (pid = ' "$k")
+  kadd=$(count 'add_mapping: Local sockaddr: IPV4 192.0.2.1: 7174' "$k")
+  kq=$(count 'query_mapping: Remote sockaddr: IPV4 192.0.2.1: 7174' "$k")
+  kri=$(count 'remote_info: Local sockaddr: IPV4 192.0.2.1: 7174' "$k")
+  krm=$(count 'remove_mapping: Local sockaddr' "$k")
+  cids=$(cmids)
+  local kpid; kpid=$(grep -o 'iWarp Port Mapper (pid = [0-9]*' "$k" | head -1 | grep -o '[0-9]*$')
+  [ "$kreg" -ge 1 ] || { ok=0; why+=" kernel did not register the daemon (no 'iWarp Port Mapper (pid = N) is available');"; }
+  grep -q 'Multicasting a nlmsg' "$k" || { ok=0; why+=" no REG_PID multicast in dmesg;"; }
+  [ "$kadd" -ge 1 ] || { ok=0; why+=" no kernel add_mapping for the listener;"; }
+  [ "$kq" -ge 1 ] || { ok=0; why+=" no kernel query_mapping;"; }
+  [ "$kri" -ge 1 ] || { ok=0; why+=" no kernel remote_info;"; }
+  [ "$krm" -ge 2 ] || { ok=0; why+=" $krm kernel remove_mapping (want 2: client + listener);"; }
+  [ "$cids" = 0 ] || { ok=0; why+=" $cids cm_ids left;"; }
+  local errs; errs=$(kerrors "$k")
+  [ -z "$errs" ] || { ok=0; why+=" kernel errors: $(echo "$errs" | head -3 | tr '\n' '|');"; }
+  # what the daemon saw (strace of its sockets)
+  decode "$d" 1
+  local f=$d/nl-1.txt
+  local nreg nadd nq nrm nri nreq nacc nack
+  nreg=$(nlc ' in  nl  0x0800 REG_PID' "$f")
+  nadd=$(grep -E ' in  nl  0x0801 ADD_MAPPING .*\[2\]=192\.0\.2\.1:7174 \[3\]=u32:1' "$f" | wc -l)
+  nq=$(grep -E ' in  nl  0x0802 QUERY_MAPPING .*\[3\]=192\.0\.2\.1:7174 \[4\]=u32:1' "$f" | wc -l)
+  nrm=$(nlc ' in  nl  0x0803 REMOVE_MAPPING' "$f")
+  nri=$(nlc ' out nl  0x0804 REMOTE_INFO' "$f")
+  nreq=$(nlc ' udp REQ len=64' "$f")
+  nacc=$(nlc ' udp ACC len=48' "$f")
+  nack=$(nlc ' udp ACK len=48' "$f")
+  [ "$nreg" -ge 1 ] || { ok=0; why+=" daemon received no REG_PID;"; }
+  grep -Eq ' out nl  0x0800 REG_PID ' "$f" || { ok=0; why+=" daemon sent no REG_PID reply;"; }
+  [ "$nadd" -ge 1 ] || { ok=0; why+=" daemon received no ADD_MAPPING{192.0.2.1:7174, flags NO_PORT_MAP};"; }
+  [ "$nq" -ge 1 ] || { ok=0; why+=" daemon received no QUERY_MAPPING{remote 192.0.2.1:7174, flags NO_PORT_MAP};"; }
+  [ "$nri" -ge 1 ] || { ok=0; why+=" daemon sent no REMOTE_INFO;"; }
+  [ "$nrm" -ge 2 ] || { ok=0; why+=" daemon received $nrm REMOVE_MAPPING (want 2);"; }
+  # each UDP message is seen twice (sent and received by the same daemon)
+  [ "$nreq" -ge 2 ] && [ "$nacc" -ge 2 ] && [ "$nack" -ge 2 ] \
+    || { ok=0; why+=" UDP exchange incomplete (REQ $nreq ACC $nacc ACK $nack, want >= 2 each: out+in);"; }
+  if [ "$kind" = ours ]; then
+    local n=${mp%% *}
+    [ "$n" = 0 ] || { ok=0; why+=" mapping table not empty after rping: $mp;"; }
+    local L=$d/daemon-1.log
+    grep -Eiq 'reg.?pid' "$L" || { ok=0; why+=" daemon log has no REG_PID line;"; }
+    grep -Eiq 'add' "$L" || { ok=0; why+=" daemon log has no ADD line;"; }
+    grep -Eiq 'query' "$L" || { ok=0; why+=" daemon log has no QUERY line;"; }
+    grep -Eiq 'remote.?info' "$L" || { ok=0; why+=" daemon log has no REMOTE_INFO line;"; }
+    grep -Eiq 'remov' "$L" || { ok=0; why+=" daemon log has no REMOVE line;"; }
+    alive "$DPID" || { ok=0; why+=" daemon died;"; }
+  else
+    alive "$DPID" || { ok=0; why+=" iwpmd died;"; }
+  fi
+  cat > "$d/outcome-rping.env" <<EOF
+client_rc=$RP_CRC
+server_rc=$RP_SRC
+pings=$RP_PINGS
+kernel_registered=$([ "$kreg" -ge 1 ] && echo yes || echo no)
+kernel_add_listener=$kadd
+kernel_query=$kq
+kernel_remote_info=$kri
+kernel_remove=$krm
+kernel_errors=$(echo -n "$errs" | grep -c . || true)
+cm_ids_left=$cids
+nl_reg_pid_in=$nreg
+nl_add_in=$nadd
+nl_query_in=$nq
+nl_remote_info_out=$nri
+nl_remove_in=$nrm
+EOF
+  local detail="client/server rc $RP_CRC/$RP_SRC, $RP_PINGS pings; kernel: registered pid ${kpid:-?} (daemon pid $DPID), add=$kadd query=$kq remote_info=$kri remove=$krm, cm_ids left $cids; daemon nl: REG_PID=$nreg ADD(flags 1)=$nadd QUERY(flags 1)=$nq REMOTE_INFO=$nri REMOVE=$nrm; udp REQ/ACC/ACK=$nreq/$nacc/$nack${mp:+; mappings after: ${mp%% *}}"
+  if [ "$ok" = 1 ]; then result PASS "$g.rping" "$detail"; else result FAIL "$g.rping" "$detail; problems:$why"; fi
+  # start-up verdict (HELLO/ABI 4 + registration by the kernel)
+  if [ "${STARTUP_OK:-0}" = 1 ] && [ "$kreg" -ge 1 ]; then
+    result PASS "$g.startup" "HELLO{abi 4} -> kernel 'Using ABI version 4' + HELLO{4} reply; MAPINFO request sent; first listen: REG_PID multicast answered, kernel: 'iWarp Port Mapper (pid = ${kpid:-?}) is available'"
+  else
+    result FAIL "$g.startup" "${STARTUP_WHY:-} registered=$kreg"
+  fi
+}
+
+# scenario_restart GROUP KIND: SIGKILL the daemon under a live connection, restart,
+# MAPINFO replay, live connection continues, new connections work.
+scenario_restart() {
+  local g=$1 kind=$2 d=$R/$1 ok=1 why="" n=1500 port=7180
+  mark "$g.restart"
+  rping -s -a "$ADDR" -p "$port" -C "$n" -V > "$d/restart-server.txt" 2>&1 &
+  local spid=$!
+  wait_for 15 listening "$ADDR" "$port" || why+=" server not listening;"
+  stdbuf -oL rping -c -a "$ADDR" -p "$port" -C "$n" -v -V > "$d/restart-client.txt" 2>&1 &
+  local cpid=$!
+  wait_for 20 sh -c "[ \$(grep -c 'ping data:' '$d/restart-client.txt') -ge 5 ]" || why+=" client made no progress;"
+  kill -STOP "$cpid"
+  local p1; p1=$(grep -c 'ping data:' "$d/restart-client.txt")
+  rdma res show cm_id > "$d/cm_id-before-kill.txt" 2>&1
+  local mp_before="" mp_after="" mp_end=""
+  [ "$kind" = ours ] && mp_before=$(mappings "$d" before-kill)
+  # SIGKILL the daemon
+  local old=$DPID
+  kill -KILL "$DPID"
+  wait_exit "$SPID" 10 || stop_bg "$SPID"
+  say "daemon $old SIGKILLed (wrapper rc $WRC) with the connection up ($p1 pings so far)"
+  rm -f "$CTL"
+  sleep 0.5
+  rdma res show cm_id > "$d/cm_id-after-kill.txt" 2>&1
+  # restart
+  mark "$g.restart.2"
+  start_daemon "$kind" "$d" 2
+  if ! wait_for 30 daemon_ready "$g.restart.2"; then
+    ok=0; why+=" restarted daemon not ready;"
+  fi
+  # the replay is over when the kernel has had our MAPINFO_NUM answer
+  sleep 2
+  [ "$kind" = ours ] && mp_after=$(mappings "$d" after-restart)
+  dmesg_since "$g.restart.2" > "$d/dmesg-replay.txt"
+  # resume the live connection
+  kill -CONT "$cpid"
+  wait_exit "$cpid" 120 || { kill -KILL "$cpid"; wait_exit "$cpid" 5; }
+  local crc=$WRC
+  wait_exit "$spid" 20 || stop_bg "$spid"
+  local src=$WRC
+  local p2; p2=$(grep -c 'ping data:' "$d/restart-client.txt")
+  sleep 1
+  [ "$kind" = ours ] && mp_end=$(mappings "$d" after-live-end)
+  # a new connection after the restart
+  mark "$g.restart.3"
+  rping_pair "$d" after-restart 7181 3
+  sleep 1
+  local mp_final=""
+  [ "$kind" = ours ] && mp_final=$(mappings "$d" final)
+  dmesg_since "$g.restart" > "$d/dmesg-restart.txt"
+  dmesg_since "$g.restart.3" > "$d/dmesg-newconn.txt"
+  decode "$d" 2
+  local f=$d/nl-2.txt
+  local nrec nnum_in nnum_out sendnum acknum
+  nrec=$(nlc ' in  nl  0x0806 MAPINFO ' "$f")
+  nnum_in=$(nlc ' in  nl  0x0807 MAPINFO_NUM' "$f")
+  nnum_out=$(nlc ' out nl  0x0807 MAPINFO_NUM' "$f")
+  sendnum=$(grep ' in  nl  0x0807 MAPINFO_NUM' "$f" | head -1 | grep -o '\[2\]=u32:[0-9]*' | cut -d: -f2)
+  acknum=$(grep ' out nl  0x0807 MAPINFO_NUM' "$f" | head -1 | grep -o '\[3\]=u32:[0-9]*' | cut -d: -f2)
+  grep ' in  nl  0x0806 MAPINFO ' "$f" > "$d/replayed-records.txt"
+  # checks
+  [ "$crc" = 0 ] || { ok=0; why+=" live client exit $crc;"; }
+  [ "$src" = 0 ] || { ok=0; why+=" live server exit $src;"; }
+  [ "$p2" = "$n" ] || { ok=0; why+=" live client printed $p2/$n pings;"; }
+  [ "$p1" -lt "$n" ] || { ok=0; why+=" connection was not live during the kill ($p1 pings before);"; }
+  [ "$nrec" -ge 2 ] || { ok=0; why+=" $nrec MAPINFO records replayed (want >= 2: listener + client);"; }
+  grep -q "\[1\]=192.0.2.1:$port \[2\]=192.0.2.1:$port \[3\]=u32:1" "$d/replayed-records.txt" \
+    || { ok=0; why+=" listener 192.0.2.1:$port not in the replay;"; }
+  [ "$nnum_in" -ge 1 ] && [ "$nnum_out" -ge 1 ] || { ok=0; why+=" MAPINFO_NUM exchange missing ($nnum_in in, $nnum_out out);"; }
+  [ -n "$sendnum" ] && [ "$sendnum" = "$acknum" ] || { ok=0; why+=" MAPINFO_NUM send $sendnum ack $acknum;"; }
+  grep -q 'iWarp Port Mapper (pid = ' "$d/dmesg-replay.txt" || { ok=0; why+=" no 'is available' from iwpm_mapping_info_cb;"; }
+  [ "$RP_CRC" = 0 ] && [ "$RP_SRC" = 0 ] && [ "$RP_PINGS" = 3 ] \
+    || { ok=0; why+=" new connection after restart: rc $RP_CRC/$RP_SRC pings $RP_PINGS;"; }
+  grep -q 'query_mapping: Remote sockaddr: IPV4 192.0.2.1: 7181' "$d/dmesg-newconn.txt" \
+    || { ok=0; why+=" new connection was not mapped through the restarted daemon;"; }
+  local errs; errs=$(kerrors "$d/dmesg-restart.txt")
+  [ -z "$errs" ] || { ok=0; why+=" kernel errors: $(echo "$errs" | head -3 | tr '\n' '|');"; }
+  if [ "$kind" = ours ]; then
+    [ "${mp_before%% *}" = 2 ] || { ok=0; why+=" before kill: $mp_before (want 2 mappings);"; }
+    [ "${mp_after%% *}" = 2 ] || { ok=0; why+=" after restart: $mp_after (want the 2 replayed mappings);"; }
+    case "$mp_after" in *7180*) ;; *) ok=0; why+=" replayed table lacks port $port;" ;; esac
+    [ "${mp_end%% *}" = 0 ] || { ok=0; why+=" after the live connection ended: $mp_end (want 0);"; }
+    [ "${mp_final%% *}" = 0 ] || { ok=0; why+=" final: $mp_final (want 0);"; }
+  fi
+  alive "$DPID" || { ok=0; why+=" restarted daemon died;"; }
+  cat > "$d/outcome-restart.env" <<EOF
+live_client_rc=$crc
+live_server_rc=$src
+live_pings=$p2/$n
+replayed_records=$nrec
+mapinfo_num_send=$sendnum
+mapinfo_num_ack=$acknum
+new_conn_rc=$RP_CRC/$RP_SRC
+new_conn_pings=$RP_PINGS
+kernel_errors=$(echo -n "$errs" | grep -c . || true)
+cm_ids_left=$(cmids)
+EOF
+  local detail="killed pid $old after $p1/$n pings; replay: $nrec MAPINFO records, MAPINFO_NUM send=$sendnum ack=$acknum; live connection resumed: rc $crc/$src, $p2/$n pings validated; new connection rc $RP_CRC/$RP_SRC${mp_after:+; our table: before kill ${mp_before%% *}, after restart ${mp_after%% *}, after live end ${mp_end%% *}, final ${mp_final%% *}}"
+  if [ "$ok" = 1 ]; then result PASS "$g.restart" "$detail"; else result FAIL "$g.restart" "$detail; problems:$why"; fi
+  [ "$kind" = ours ] && [ -n "$mp_after" ] && result INFO "$g.replayed-mappings" "${mp_after#* }"
+  return 0
+}
+
+# cmtime_runs GROUP: the connection set-up rate over siw (no assertion on timing)
+cmtime_runs() {
+  local g=$1 d=$R/$1 port=7300 i ok=1 why="" rates=""
+  mkdir -p "$d"
+  dyndbg -
+  mark "$g.cmtime"
+  cmtime -b "$ADDR" -p "$port" > "$d/cmtime-server.txt" 2>&1 &
+  local spid=$!
+  wait_for 15 listening "$ADDR" "$port" || { ok=0; why+=" cmtime server not listening;"; }
+  for i in $(seq "$CMTIME_RUNS"); do
+    local out=$d/cmtime-$i.txt t1 t2
+    t1=$(date +%s%N)
+    timeout -s TERM -k 5 90 cmtime -s "$ADDR" -b "$ADDR" -p "$port" -c "$CMTIME_CONNS" > "$out" 2>&1
+    local rc=$?
+    t2=$(date +%s%N)
+    local cms; cms=$(awk -F: '/^connect[ \t]*:/{split($2,a," "); print a[1]; exit}' "$out")
+    local bad; bad=$(grep -Eic 'error|fail|unable|timed? ?out|reject' "$out" || true)
+    local rate=""
+    if [ -n "$cms" ]; then rate=$(awk -v c="$CMTIME_CONNS" -v t="$cms" 'BEGIN{if (t > 0) printf "%.0f", c * 1000 / t}'); fi
+    echo "$g run=$i conns=$CMTIME_CONNS rc=$rc connect_total_ms=${cms:-?} connects_per_s=${rate:-?} wall_ms=$(( (t2 - t1) / 1000000 )) error_lines=$bad" >> "$R/cmtime.txt"
+    if [ "$rc" != 0 ] || [ "$bad" != 0 ] || [ -z "$rate" ]; then ok=0; why+=" run $i rc $rc, $bad error lines;"; fi
+    rates+="${rate:-?} "
+  done
+  stop_bg "$spid"
+  dyndbg +
+  dmesg_since "$g.cmtime" > "$d/dmesg-cmtime.txt"
+  local errs; errs=$(kerrors "$d/dmesg-cmtime.txt" | grep -v 'iwpm_register_pid: Unable to send a nlmsg (client = 2)')
+  [ -z "$errs" ] || { ok=0; why+=" kernel errors: $(echo "$errs" | head -3 | tr '\n' '|');"; }
+  if [ -n "$DPID" ]; then alive "$DPID" || { ok=0; why+=" daemon died;"; }; fi
+  local detail="$CMTIME_RUNS x $CMTIME_CONNS connections, connects/s per run: $rates(timing not asserted)"
+  if [ "$ok" = 1 ]; then result PASS "$g.cmtime" "$detail"; else result FAIL "$g.cmtime" "$detail; problems:$why"; fi
+}
+
+# ------------------------------------------------------------------- groups
+group_nodaemon() {
+  local g=nodaemon d=$R/nodaemon ok=1 why=""
+  mkdir -p "$d"
+  if [ -n "$(pgrep -x iwpmd)" ]; then result FAIL nodaemon.rping "an iwpmd is running"; return; fi
+  mark "$g.rping"
+  rping_pair "$d" rping 7174 3
+  sleep 0.5
+  dmesg_since "$g.rping" > "$d/dmesg-rping.txt"
+  local k=$d/dmesg-rping.txt
+  [ "$RP_CRC" = 0 ] && [ "$RP_SRC" = 0 ] && [ "$RP_PINGS" = 3 ] || { ok=0; why+=" rping rc $RP_CRC/$RP_SRC pings $RP_PINGS;"; }
+  # Fresh boot, nobody in group 2: the first REG_PID multicast fails, the
+  # kernel marks the port mapper unavailable and maps nothing.
+  local state="first REG_PID multicast failed -> mapper marked unavailable"
+  if ! grep -q 'iwpm_register_pid: Unable to send a nlmsg (client = 2)' "$k"; then
+    state="no REG_PID failure logged (mapper state from an earlier group)"
+    [ "$(echo "$SCENARIOS" | awk '{print $1}')" = nodaemon ] && { ok=0; why+=" expected 'iwpm_register_pid: Unable to send a nlmsg' on a fresh boot;"; }
+  fi
+  grep -q 'add_mapping\|query_mapping' "$k" && { ok=0; why+=" kernel mapped without a daemon?;"; }
+  echo "state: $state" > "$d/kernel-state.txt"
+  if [ "$ok" = 1 ]; then result PASS nodaemon.rping "rping works unmapped: rc $RP_CRC/$RP_SRC, $RP_PINGS pings; $state"
+  else result FAIL nodaemon.rping "problems:$why"; fi
+  cmtime_runs nodaemon
+}
+
+group_daemon() { # group_daemon GROUP KIND
+  local g=$1 kind=$2
+  mkdir -p "$R/$g"
+  if [ "$kind" = ours ] && ! timeout 30 node "$P/dist/cli/iwpmd.js" --help > "$R/$g/help.txt" 2>&1; then
+    result FAIL "$g.startup" "node dist/cli/iwpmd.js --help fails (daemon not built?): $(head -3 "$R/$g/help.txt" | tr '\n' ' ')"
+    return
+  fi
+  STARTUP_OK=0 STARTUP_WHY=""
+  if scenario_startup "$g" "$kind"; then
+    scenario_rping "$g" "$kind"
+    scenario_restart "$g" "$kind"
+    stop_daemon
+    echo "exit status after SIGTERM: $DRC" > "$R/$g/daemon-exit.txt"
+    if [ "$kind" = ours ]; then
+      if [ "$DRC" = 0 ]; then result PASS "$g.sigterm" "daemon exited 0 on SIGTERM"
+      else result FAIL "$g.sigterm" "daemon exit status after SIGTERM: $DRC"; fi
+    fi
+  else
+    stop_daemon
+  fi
+  # cmtime with the daemon: not traced, and (ours) logging at info level, so
+  # that the rate measures the daemon rather than its debug log
+  mark "$g.cmtime-start"
+  start_daemon "$kind" "$R/$g" cmtime nostrace info
+  if wait_for 30 daemon_ready "$g.cmtime-start"; then
+    sleep 0.5
+    cmtime_runs "$g"
+    [ "$kind" = ours ] && mappings "$R/$g" after-cmtime > "$R/$g/mappings-after-cmtime.count"
+  else
+    result FAIL "$g.cmtime" "daemon not ready"
+  fi
+  stop_daemon
+}
+
+group_compare() {
+  local out=$R/compare.txt ok=1 why="" s k
+  : > "$out"
+  for s in rping restart; do
+    local a=$R/ref/outcome-$s.env b=$R/ours/outcome-$s.env
+    if [ ! -f "$a" ] || [ ! -f "$b" ]; then ok=0; why+=" missing outcome-$s for ref or ours;"; continue; fi
+    echo "== $s (ref | ours)" >> "$out"
+    while IFS='=' read -r k va; do
+      local vb; vb=$(grep "^$k=" "$b" | cut -d= -f2-)
+      local mark_=""
+      case "$k" in
+        nl_*|replayed_records|mapinfo_num_*) ;;  # daemon-side detail, informative
+        *) [ "$va" = "$vb" ] || { mark_="  <-- differs"; ok=0; why+=" $s.$k: ref=$va ours=$vb;"; } ;;
+      esac
+      printf '%-22s %-12s %-12s%s\n' "$k" "$va" "$vb" "$mark_" >> "$out"
+    done < "$a"
+  done
+  if [ "$ok" = 1 ]; then result PASS compare "same kernel-visible outcome for ref iwpmd and ours (connections, pings, kernel add/query/remote_info/remove, kernel errors, cm_ids; see compare.txt)"
+  else result FAIL compare "differences:$why"; fi
+}
+
+# --------------------------------------------------------------------- main
+say "guest-main: scenarios: $SCENARIOS"
+: > "$SUM"
+if setup; then
+  for grp in $SCENARIOS; do
+    case $grp in
+      nodaemon) group_nodaemon ;;
+      ref) group_daemon ref ref ;;
+      ours) group_daemon ours ours ;;
+      compare) group_compare ;;
+      *) result FAIL "$grp" "unknown scenario group" ;;
+    esac
+  done
+fi
+# leave nothing behind
+for p in $(pgrep -x rping) $(pgrep -x cmtime) $(pgrep -x iwpmd); do kill -KILL "$p" 2>/dev/null; done
+[ -n "${SYSLOG_PID:-}" ] && stop_bg "$SYSLOG_PID"
+dmesg > "$R/dmesg.txt"
+rdma res show > "$R/rdma-res-final.txt" 2>&1
+say "guest-main: done"

@@ -1,0 +1,687 @@
+import { describe, expect, it } from 'vitest';
+import { AF_INET, AF_INET6, type SockAddr, decodeSockaddr, parseIp } from '../../src/codec/sockaddr.js';
+import {
+  PM_MSG_ACC,
+  PM_MSG_ACK,
+  PM_MSG_REJ,
+  PM_MSG_REQ,
+  type PeerMessage,
+  asReply,
+  decodePeerMessage,
+  encodePeerMessage,
+} from '../../src/codec/wire.js';
+import { MemoryLogger } from '../../src/core/log.js';
+import type { PeerEvents, QueryOutcome, RemoteInfo } from '../../src/core/peer-api.js';
+import {
+  DEFAULT_PEER_TIMING,
+  KERNEL_WAIT_MS,
+  type PeerEndpoint,
+  PeerEngine,
+  type PeerEngineDeps,
+} from '../../src/core/peer.js';
+import { TestListeners } from '../support/listeners.js';
+
+// ---------------------------------------------------------------------------
+// Harness
+
+function mulberry32(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function rng64(seed: number): () => bigint {
+  const r = mulberry32(seed);
+  return () => (BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32));
+}
+
+interface Sent {
+  at: number;
+  dest: PeerEndpoint;
+  bytes: Buffer;
+  via: number | undefined;
+  msg: PeerMessage;
+}
+
+class Recorder implements PeerEvents {
+  done: { at: number; id: number; outcome: QueryOutcome }[] = [];
+  infos: RemoteInfo[] = [];
+  constructor(private readonly clock: { t: number }) {}
+  queryDone(id: number, outcome: QueryOutcome): void {
+    this.done.push({ at: this.clock.t, id, outcome });
+  }
+  remoteInfo(info: RemoteInfo): void {
+    this.infos.push(info);
+  }
+}
+
+/** One engine with a fake clock; what it sends is recorded. */
+function single(opts: Partial<PeerEngineDeps> = {}) {
+  const clock = { t: 1000 };
+  const sent: Sent[] = [];
+  const events = new Recorder(clock);
+  const listeners = new TestListeners();
+  const log = new MemoryLogger(false);
+  const engine = new PeerEngine({
+    now: () => clock.t,
+    random64: rng64(7),
+    send: (dest, bytes, via) => {
+      const d = decodePeerMessage(bytes);
+      if (!d.ok) throw new Error('engine sent an undecodable datagram');
+      sent.push({ at: clock.t, dest, bytes, via, msg: d.msg });
+      return true;
+    },
+    events,
+    lookup: listeners,
+    log,
+    ...opts,
+  });
+  /** Advance the clock to `t`, ticking at every deadline on the way (like io does). */
+  const runUntil = (t: number): void => {
+    for (;;) {
+      const d = engine.nextDeadline();
+      if (d === undefined || d > t) break;
+      clock.t = Math.max(clock.t, d);
+      engine.tick(clock.t);
+    }
+    clock.t = t;
+    engine.tick(t);
+  };
+  return { clock, sent, events, listeners, engine, runUntil, log };
+}
+
+const A_IP = '192.168.1.10';
+const B_IP = '192.168.1.20';
+const query = (id: number, localPort = 40000, mappedPort = 40001, remote = `${B_IP}`, remotePort = 5000, localIp = A_IP) => ({
+  id,
+  local: parseIp(localIp, localPort),
+  mapped: parseIp(localIp, mappedPort),
+  remote: parseIp(remote, remotePort),
+});
+const peerB: PeerEndpoint = { family: 4, ip: B_IP, port: 3935 };
+const peerA: PeerEndpoint = { family: 4, ip: A_IP, port: 50000 };
+
+function reqFrom(handle: bigint, over: Partial<PeerMessage> = {}): Buffer {
+  return encodePeerMessage({
+    type: PM_MSG_REQ,
+    ipVersion: 4,
+    pmtime: 0,
+    mappedCpPort: 40001,
+    apPort: 5000,
+    cpPort: 40000,
+    assocHandle: handle,
+    cpIp: parseIp(A_IP).ip,
+    apIp: parseIp(B_IP).ip,
+    mappedCpIp: parseIp(A_IP).ip,
+    ...over,
+  } as PeerMessage);
+}
+
+// ---------------------------------------------------------------------------
+
+describe('PeerEngine: connecting side', () => {
+  it('QUERY -> REQ to remote-IP:3935 with the spec layout, ACC -> accepted + ACK to the ACC source', () => {
+    const h = single({ random64: () => 0x0000561234567890n });
+    h.engine.startQuery(query(1));
+    expect(h.sent).toHaveLength(1);
+    const req = h.sent[0]!;
+    expect(req.dest).toEqual({ family: 4, ip: B_IP, port: 3935 });
+    expect(req.via).toBeUndefined(); // the client socket
+    // exactly the spec §5.3 REQ
+    expect(req.bytes.toString('hex')).toBe(
+      '04009c4113889c400000561234567890' +
+        'c0a8010a000000000000000000000000' +
+        'c0a80114000000000000000000000000' +
+        'c0a8010a000000000000000000000000',
+    );
+    // B answers (from 3935) with the spec ACC, pmtime 9 to check the echo
+    const acc = asReply(req.msg, PM_MSG_ACC, { apPort: 33333 });
+    acc.pmtime = 9;
+    h.clock.t += 3;
+    h.engine.receive(encodePeerMessage(acc), peerB, 1);
+    expect(h.events.done).toHaveLength(1);
+    const { id, outcome } = h.events.done[0]!;
+    expect(id).toBe(1);
+    expect(outcome.kind).toBe('accepted');
+    if (outcome.kind === 'accepted') {
+      expect(outcome.mappedRemote).toEqual({ ...parseIp(B_IP, 33333) });
+    }
+    const ack = h.sent[1]!;
+    expect(ack.dest).toEqual(peerB);
+    expect(ack.via).toBe(1);
+    expect(ack.msg).toEqual({ ...acc, type: PM_MSG_ACK });
+    expect(ack.bytes[0]).toBe(0x24);
+    expect(ack.bytes[1]).toBe(9); // pmtime echoed
+    // no retransmission afterwards
+    h.runUntil(h.clock.t + 12_000);
+    expect(h.sent.filter((s) => s.msg.type === PM_MSG_REQ)).toHaveLength(1);
+    expect(h.engine.stats().liveQueries).toBe(0);
+  });
+
+  it('a retransmitted ACC is ACKed again (tracker), with no second outcome', () => {
+    const h = single();
+    h.engine.startQuery(query(1));
+    const acc = encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACC, { apPort: 33333 }));
+    h.engine.receive(acc, peerB, 1);
+    h.clock.t += 1000;
+    h.engine.receive(acc, peerB, 1);
+    h.clock.t += 1000;
+    h.engine.receive(acc, peerB, 1);
+    expect(h.events.done).toHaveLength(1);
+    expect(h.sent.filter((s) => s.msg.type === PM_MSG_ACK)).toHaveLength(3);
+    expect(h.engine.stats().accDuplicate).toBe(2);
+    // tracker expires after ackTrackerMs without duplicates; a later ACC is stale
+    h.runUntil(h.clock.t + DEFAULT_PEER_TIMING.ackTrackerMs + DEFAULT_PEER_TIMING.housekeepingMs + 1);
+    h.engine.receive(acc, peerB, 1);
+    expect(h.sent.filter((s) => s.msg.type === PM_MSG_ACK)).toHaveLength(3);
+    expect(h.engine.stats().accStale).toBe(1);
+    expect(h.engine.stats().ackTrackers).toBe(0);
+  });
+
+  it('REJ -> rejected; later ACC/REJ for it are ignored', () => {
+    const h = single();
+    h.engine.startQuery(query(5));
+    const rej = encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_REJ));
+    h.engine.receive(rej, peerB, 1);
+    expect(h.events.done).toEqual([{ at: h.clock.t, id: 5, outcome: { kind: 'rejected' } }]);
+    h.engine.receive(rej, peerB, 1);
+    h.engine.receive(encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACC, { apPort: 1 })), peerB, 1);
+    expect(h.events.done).toHaveLength(1);
+    expect(h.sent).toHaveLength(1); // no ACK for a stale ACC, nothing for a REJ
+    expect(h.engine.stats()).toMatchObject({ rejStale: 1, accStale: 1, queriesRejected: 1 });
+  });
+
+  it('ACC/REJ with the right handle but another connecting address are ignored', () => {
+    const h = single();
+    h.engine.startQuery(query(1));
+    const req = h.sent[0]!.msg;
+    h.engine.receive(encodePeerMessage({ ...asReply(req, PM_MSG_ACC), cpPort: 40002 }), peerB, 1);
+    h.engine.receive(encodePeerMessage({ ...asReply(req, PM_MSG_REJ), cpIp: parseIp('192.168.1.11').ip }), peerB, 1);
+    const v6 = asReply(req, PM_MSG_REJ);
+    h.engine.receive(encodePeerMessage({ ...v6, ipVersion: 6, cpIp: Buffer.alloc(16), apIp: Buffer.alloc(16) }), peerB, 1);
+    expect(h.events.done).toHaveLength(0);
+    expect(h.engine.stats()).toMatchObject({ accStale: 1, rejStale: 2, liveQueries: 1 });
+  });
+
+  it('retransmits with backoff while unanswered and times out before the kernel 10 s', () => {
+    const h = single();
+    h.engine.startQuery(query(1));
+    h.runUntil(h.clock.t + 20_000);
+    const reqs = h.sent.filter((s) => s.msg.type === PM_MSG_REQ);
+    const times = reqs.map((s) => s.at - 1000);
+    // first retransmission after 150 ms, then growing intervals up to 500 ms
+    expect(times.slice(0, 5)).toEqual([0, 150, 375, 712.5, 1212.5]);
+    for (let i = 1; i < times.length; i++) {
+      const gap = times[i]! - times[i - 1]!;
+      expect(gap).toBeGreaterThanOrEqual(150);
+      expect(gap).toBeLessThanOrEqual(500);
+    }
+    expect(reqs.length).toBeGreaterThanOrEqual(18);
+    // every copy is byte-identical (same handle: a retransmission, not a new request)
+    for (const r of reqs) expect(r.bytes.equals(reqs[0]!.bytes)).toBe(true);
+    expect(h.events.done).toHaveLength(1);
+    const d = h.events.done[0]!;
+    expect(d.outcome).toEqual({ kind: 'timeout' });
+    expect(d.at - 1000).toBe(DEFAULT_PEER_TIMING.queryGiveUpMs);
+    expect(d.at - 1000).toBeLessThan(KERNEL_WAIT_MS);
+    expect(Math.max(...times)).toBeLessThan(DEFAULT_PEER_TIMING.queryGiveUpMs);
+    // a late ACC after the give-up is ignored
+    h.engine.receive(encodePeerMessage(asReply(reqs[0]!.msg, PM_MSG_ACC)), peerB, 1);
+    expect(h.events.done).toHaveLength(1);
+  });
+
+  it('give-up time is configurable and must stay below the kernel wait', () => {
+    const h = single({ timing: { queryGiveUpMs: 2_000, reqFirstRetransmitMs: 100, reqBackoff: 1, reqMaxIntervalMs: 100 } });
+    h.engine.startQuery(query(1));
+    h.runUntil(h.clock.t + 5_000);
+    expect(h.events.done[0]).toMatchObject({ at: 3_000, outcome: { kind: 'timeout' } });
+    expect(h.sent.length).toBe(20); // 0, 100, ..., 1900
+    expect(() => single({ timing: { queryGiveUpMs: KERNEL_WAIT_MS } })).toThrow(RangeError);
+    expect(() => single({ timing: { queryGiveUpMs: 0 } })).toThrow(RangeError);
+  });
+
+  it('cancelQuery drops the query: no outcome, no retransmission, later ACC stale', () => {
+    const h = single();
+    h.engine.startQuery(query(1));
+    h.engine.cancelQuery(1);
+    h.runUntil(h.clock.t + 10_000);
+    expect(h.sent).toHaveLength(1);
+    expect(h.events.done).toHaveLength(0);
+    h.engine.receive(encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACC)), peerB, 1);
+    expect(h.events.done).toHaveLength(0);
+    expect(h.engine.stats()).toMatchObject({ queriesCancelled: 1, accStale: 1 });
+  });
+
+  it('cannot send (no socket for the family) -> failed, delivered at the next tick, not inside startQuery', () => {
+    const h = single({ send: () => false });
+    h.engine.startQuery(query(1, 40000, 40001, '2001:db8::1', 5000, '2001:db8::2'));
+    expect(h.events.done).toHaveLength(0);
+    expect(h.engine.nextDeadline()).toBe(h.clock.t);
+    h.engine.tick(h.clock.t);
+    expect(h.events.done).toHaveLength(1);
+    expect(h.events.done[0]!.outcome.kind).toBe('failed');
+    expect(h.engine.stats().liveQueries).toBe(0);
+  });
+
+  it('mixed families are refused as failed', () => {
+    const h = single();
+    h.engine.startQuery(query(1, 40000, 40001, '2001:db8::1'));
+    h.engine.tick(h.clock.t);
+    expect(h.events.done[0]!.outcome.kind).toBe('failed');
+    expect(h.sent).toHaveLength(0);
+  });
+
+  it('IPv6: REQ to [remote]:3935 keeps the scope id for io; ACC mapped remote keeps flowinfo/scope', () => {
+    const h = single();
+    const remote: SockAddr = { ...parseIp('fe80::20', 5000), scopeId: 3, flowinfo: 0x12345 };
+    h.engine.startQuery({ id: 9, local: parseIp('fe80::10', 40000), mapped: parseIp('fe80::10', 40001), remote });
+    const req = h.sent[0]!;
+    expect(req.dest).toEqual({ family: 6, ip: 'fe80::20', port: 3935, scopeId: 3 });
+    expect(req.bytes[0]).toBe(0x06);
+    expect(req.bytes.length).toBe(64);
+    h.engine.receive(encodePeerMessage(asReply(req.msg, PM_MSG_ACC, { apPort: 33333 })), { family: 6, ip: 'fe80::20%eth0', port: 3935 }, 3);
+    const out = h.events.done[0]!.outcome;
+    expect(out).toEqual({ kind: 'accepted', mappedRemote: { ...remote, port: 33333 } });
+    expect(h.sent[1]).toMatchObject({ dest: { ip: 'fe80::20%eth0', port: 3935 }, via: 3 });
+  });
+});
+
+describe('PeerEngine: listening side', () => {
+  it('REQ for a wildcard listener: REMOTE_INFO once, ACC with the REQ IP and the mapped port', () => {
+    const h = single();
+    const l = h.listeners.add('0.0.0.0', 5000, 33333, 2);
+    h.engine.receive(reqFrom(0x0000561234567890n), peerA, 0);
+    expect(h.events.infos).toHaveLength(1);
+    const info = h.events.infos[0]!;
+    expect(info.ownerClient).toBe(2);
+    expect(info.localRaw.equals(l.localRaw)).toBe(true);
+    expect(info.mappedLocalRaw.equals(l.mappedRaw)).toBe(true); // stored mapped address: wildcard IP
+    expect(info.remote).toEqual(parseIp(A_IP, 40000));
+    expect(info.mappedRemote).toEqual(parseIp(A_IP, 40001));
+    expect(h.sent).toHaveLength(1);
+    const acc = h.sent[0]!;
+    expect(acc.dest).toEqual(peerA);
+    expect(acc.via).toBe(0); // out of the socket the REQ came in on
+    // exactly the spec §5.3 ACC
+    expect(acc.bytes.toString('hex')).toBe(
+      '14000000' + '8235' + '9c40' + '0000561234567890' + 'c0a8010a000000000000000000000000' + 'c0a80114000000000000000000000000',
+    );
+  });
+
+  it('REQ for a specific listener: ACC carries the mapped IP and port', () => {
+    const h = single();
+    h.listeners.add(B_IP, 5000, 41000);
+    h.engine.receive(reqFrom(77n), peerA, 0);
+    expect(h.sent[0]!.msg).toMatchObject({ type: PM_MSG_ACC, apPort: 41000, apIp: parseIp(B_IP).ip, cpPort: 40000, assocHandle: 77n });
+  });
+
+  it('REQ for a specific IP matches a wildcard listener on the port (fuzzy rule 2), also across families', () => {
+    const h = single();
+    h.listeners.add('::', 5000, 42000);
+    h.engine.receive(reqFrom(78n), peerA, 0);
+    expect(h.sent[0]!.msg).toMatchObject({ type: PM_MSG_ACC, ipVersion: 4, apPort: 42000, apIp: parseIp(B_IP).ip });
+    expect(decodeSockaddr(h.events.infos[0]!.localRaw)).toMatchObject({ ok: true, addr: { family: AF_INET6 } });
+  });
+
+  it('REQ with no listener: REJ echoing the REQ, no state, REJ again for a retransmission', () => {
+    const h = single();
+    h.listeners.add(B_IP, 5001, 41000); // other port
+    const req = reqFrom(0x0000561234567890n);
+    h.engine.receive(req, peerA, 0);
+    h.engine.receive(req, peerA, 0);
+    expect(h.sent).toHaveLength(2);
+    const expected = Buffer.from(req.subarray(0, 48));
+    expected[0] = 0x34;
+    expected[2] = 0;
+    expected[3] = 0;
+    for (const s of h.sent) {
+      expect(s.bytes.equals(expected)).toBe(true);
+      expect(s.via).toBe(0);
+    }
+    expect(h.events.infos).toHaveLength(0);
+    expect(h.engine.stats()).toMatchObject({ liveAccepts: 0, txRej: 2 });
+    h.runUntil(h.clock.t + 20_000);
+    expect(h.sent).toHaveLength(2);
+  });
+
+  it('retransmits the ACC until the ACK, then stops; duplicate REQ gets the ACC again without a second REMOTE_INFO', () => {
+    const h = single();
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    const req = reqFrom(0xabcn);
+    h.engine.receive(req, peerA, 0);
+    h.runUntil(h.clock.t + 1000);
+    const accs = () => h.sent.filter((s) => s.msg.type === PM_MSG_ACC);
+    const n = accs().length;
+    expect(n).toBeGreaterThanOrEqual(3); // 0, 200, 500, 950
+    expect(accs().every((s) => s.bytes.equals(accs()[0]!.bytes) && s.via === 0)).toBe(true);
+    h.engine.receive(req, peerA, 0); // duplicate REQ
+    expect(accs()).toHaveLength(n + 1);
+    expect(h.events.infos).toHaveLength(1);
+    expect(h.engine.stats().reqDuplicate).toBe(1);
+    // ACK (ACC echoed, type 2)
+    h.engine.receive(encodePeerMessage(asReply(accs()[0]!.msg, PM_MSG_ACK)), peerA, 0);
+    expect(h.engine.stats()).toMatchObject({ acceptsCompleted: 1, liveAccepts: 0, lingeringAccepts: 1 });
+    h.runUntil(h.clock.t + 5000);
+    expect(accs()).toHaveLength(n + 1);
+    // duplicate ACK: ignored
+    h.engine.receive(encodePeerMessage(asReply(accs()[0]!.msg, PM_MSG_ACK)), peerA, 0);
+    expect(h.engine.stats().ackStale + h.engine.stats().ackDuplicate).toBe(1);
+  });
+
+  it('a duplicate REQ shortly after the ACK is answered from the lingering conversation (no REMOTE_INFO)', () => {
+    const h = single();
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    const req = reqFrom(0xabcn);
+    h.engine.receive(req, peerA, 0);
+    h.engine.receive(encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACK)), peerA, 0);
+    h.clock.t += 100;
+    h.engine.receive(req, peerA, 0);
+    expect(h.sent).toHaveLength(2);
+    expect(h.sent[1]!.bytes.equals(h.sent[0]!.bytes)).toBe(true);
+    expect(h.events.infos).toHaveLength(1);
+    // after the linger window it is a new conversation
+    h.runUntil(h.clock.t + DEFAULT_PEER_TIMING.acceptLingerMs + DEFAULT_PEER_TIMING.housekeepingMs + 1);
+    h.engine.receive(req, peerA, 0);
+    expect(h.events.infos).toHaveLength(2);
+  });
+
+  it('gives up retransmitting the ACC after ~10 s without an ACK', () => {
+    const h = single();
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    h.engine.receive(reqFrom(1n), peerA, 0);
+    h.runUntil(h.clock.t + 30_000);
+    const accs = h.sent.filter((s) => s.msg.type === PM_MSG_ACC);
+    expect(Math.max(...accs.map((s) => s.at)) - 1000).toBeLessThan(DEFAULT_PEER_TIMING.acceptGiveUpMs);
+    expect(accs.length).toBeGreaterThanOrEqual(10);
+    expect(h.engine.stats()).toMatchObject({ acceptsTimedOut: 1, liveAccepts: 0, lingeringAccepts: 0 });
+    expect(h.engine.nextDeadline()).toBeUndefined(); // nothing left: no timer
+  });
+
+  it('same handle from two different peers = two conversations (the peer is part of the key)', () => {
+    const h = single();
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    h.engine.receive(reqFrom(5n), peerA, 0);
+    h.engine.receive(reqFrom(5n), { family: 4, ip: '192.168.1.99', port: 50000 }, 0);
+    expect(h.events.infos).toHaveLength(2);
+    expect(h.engine.stats().liveAccepts).toBe(2);
+  });
+
+  it('drops and counts malformed datagrams without answering', () => {
+    const h = single();
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    const good = reqFrom(5n);
+    const bad: Buffer[] = [
+      Buffer.alloc(0),
+      Buffer.alloc(47),
+      Buffer.alloc(65),
+      good.subarray(0, 48), // REQ of 48 bytes
+      Buffer.concat([Buffer.from([0x05]), good.subarray(1)]), // IP version 5
+      Buffer.concat([Buffer.from([0x44]), good.subarray(1)]), // protocol version 1
+    ];
+    for (const b of bad) h.engine.receive(b, peerA, 0);
+    h.engine.receive(good, { ...peerA, port: 0 }, 0);
+    expect(h.sent).toHaveLength(0);
+    expect(h.events.infos).toHaveLength(0);
+    expect(h.engine.stats().rxMalformed).toEqual({ length: 3, reqLength: 1, version: 1, ipVersion: 1, sourcePort: 1 });
+    // random garbage never throws
+    const r = mulberry32(3);
+    for (let i = 0; i < 5000; i++) {
+      const b = Buffer.alloc(r() < 0.5 ? 48 : 64);
+      for (let j = 0; j < b.length; j++) b[j] = Math.floor(r() * 256);
+      h.engine.receive(b, { family: 4, ip: `10.0.${i >> 8}.${i & 255}`, port: 1 + i }, i & 3);
+    }
+  });
+});
+
+describe('PeerEngine: handles', () => {
+  it('never reuses a live or recently used handle even if the RNG repeats; never 0', () => {
+    const seq = [0n, 5n, 5n, 6n, 5n, 6n, 7n, 7n, 8n];
+    let i = 0;
+    const h = single({ random64: () => seq[Math.min(i++, seq.length - 1)]! });
+    h.engine.startQuery(query(1)); // 5
+    h.engine.startQuery(query(2, 40002)); // 6
+    h.engine.cancelQuery(1); // 5 quarantined
+    h.engine.startQuery(query(3, 40004)); // 7
+    const handles = h.sent.map((s) => s.msg.assocHandle);
+    expect(handles).toEqual([5n, 6n, 7n]);
+    expect(h.engine.stats().handleCollisions).toBe(4); // 0, 5, 6, 5
+    // after the quarantine window a handle may come back
+    h.runUntil(h.clock.t + DEFAULT_PEER_TIMING.queryGiveUpMs + DEFAULT_PEER_TIMING.handleQuarantineMs + DEFAULT_PEER_TIMING.housekeepingMs + 1);
+    expect(h.engine.stats().quarantinedHandles).toBe(0);
+  });
+
+  it('10,000 queries with a random RNG: all handles distinct', () => {
+    const h = single({ random64: rng64(99) });
+    for (let q = 0; q < 10_000; q++) h.engine.startQuery(query(q, 1024 + q, 20000 + q));
+    const s = new Set(h.sent.map((x) => x.msg.assocHandle));
+    expect(s.size).toBe(10_000);
+  });
+
+  it('a handle stays reserved while its ACK tracker lives', () => {
+    const seq = [5n, 5n, 9n];
+    let i = 0;
+    const h = single({ random64: () => seq[Math.min(i++, seq.length - 1)]! });
+    h.engine.startQuery(query(1));
+    h.engine.receive(encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACC)), peerB, 1);
+    h.engine.startQuery(query(2, 40002));
+    expect(h.sent.filter((s) => s.msg.type === PM_MSG_REQ).map((s) => s.msg.assocHandle)).toEqual([5n, 9n]);
+  });
+});
+
+describe('PeerEngine: bounded state', () => {
+  it('caps live ACCEPT conversations (total and per peer)', () => {
+    const h = single({ limits: { maxAccepts: 100, maxAcceptsPerPeer: 60, reqRatePerPeer: 1e9, reqBurstPerPeer: 1e9 } });
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    for (let i = 1; i <= 80; i++) h.engine.receive(reqFrom(BigInt(i)), { family: 4, ip: '10.0.0.1', port: 1000 }, 0);
+    expect(h.engine.stats()).toMatchObject({ liveAccepts: 60, reqCapDropped: 20 });
+    for (let i = 1; i <= 80; i++) h.engine.receive(reqFrom(BigInt(i)), { family: 4, ip: '10.0.0.2', port: 1000 }, 0);
+    expect(h.engine.stats()).toMatchObject({ liveAccepts: 100, reqCapDropped: 60 });
+    expect(h.events.infos).toHaveLength(100);
+    // ACKs free room
+    for (let i = 1; i <= 10; i++) {
+      const acc = h.sent.find((s) => s.msg.assocHandle === BigInt(i) && s.dest.ip === '10.0.0.1')!;
+      h.engine.receive(encodePeerMessage(asReply(acc.msg, PM_MSG_ACK)), { family: 4, ip: '10.0.0.1', port: 1000 }, 0);
+    }
+    h.engine.receive(reqFrom(1000n), { family: 4, ip: '10.0.0.3', port: 1000 }, 0);
+    expect(h.engine.stats().liveAccepts).toBe(91);
+  });
+
+  it('rate limits REQs per peer IP with a token bucket (REJs too); loopback exempt by default', () => {
+    const h = single({ limits: { reqRatePerPeer: 100, reqBurstPerPeer: 10 } });
+    const flood = { family: 4 as const, ip: '10.9.9.9', port: 999 };
+    for (let i = 0; i < 50; i++) h.engine.receive(reqFrom(BigInt(i + 1)), flood, 0);
+    expect(h.sent).toHaveLength(10); // burst
+    expect(h.engine.stats().reqRateLimited).toBe(40);
+    h.clock.t += 100; // +10 tokens
+    for (let i = 0; i < 50; i++) h.engine.receive(reqFrom(BigInt(i + 100)), flood, 0);
+    expect(h.sent).toHaveLength(20);
+    // another peer is not affected
+    h.engine.receive(reqFrom(7777n), { family: 4, ip: '10.9.9.8', port: 999 }, 0);
+    expect(h.sent).toHaveLength(21);
+    // loopback: not limited unless asked
+    for (let i = 0; i < 50; i++) h.engine.receive(reqFrom(BigInt(i + 500)), { family: 4, ip: '127.0.0.1', port: 999 }, 0);
+    expect(h.sent).toHaveLength(71);
+    expect(h.log.lines.some((l) => /rate limit/.test(l.msg))).toBe(true);
+  });
+
+  it('a flood of REQs from spoofed, ever-changing IPs keeps memory bounded', () => {
+    const h = single({ limits: { maxAccepts: 1000, maxPeerBuckets: 500, maxLingering: 200 } });
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    for (let i = 0; i < 20_000; i++) {
+      h.engine.receive(reqFrom(BigInt(i + 1)), { family: 4, ip: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, port: 1 }, 0);
+      if (i % 100 === 0) {
+        h.clock.t += 10;
+        h.engine.tick(h.clock.t);
+        const s = h.engine.stats();
+        expect(s.liveAccepts).toBeLessThanOrEqual(1000);
+        expect(s.peerBuckets).toBeLessThanOrEqual(500);
+        expect(s.lingeringAccepts).toBeLessThanOrEqual(200);
+      }
+    }
+    expect(h.engine.stats().reqCapDropped).toBeGreaterThan(0);
+    h.runUntil(h.clock.t + 15_000);
+    expect(h.engine.stats()).toMatchObject({ liveAccepts: 0, lingeringAccepts: 0, peerBuckets: 0 });
+  });
+
+  it('caps outstanding queries', () => {
+    const h = single({ limits: { maxQueries: 3 } });
+    for (let i = 0; i < 5; i++) h.engine.startQuery(query(i, 1000 + i));
+    h.engine.tick(h.clock.t);
+    expect(h.events.done.map((d) => d.outcome.kind)).toEqual(['failed', 'failed']);
+    expect(h.engine.stats().liveQueries).toBe(3);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Two engines over a simulated lossy network with a fake clock.
+
+interface Packet {
+  at: number;
+  to: string;
+  dstPort: number;
+  src: PeerEndpoint;
+  bytes: Buffer;
+}
+
+function twoHosts(opts: { loss: number; seed: number; latencyMs?: number }) {
+  const clock = { t: 0 };
+  const r = mulberry32(opts.seed);
+  const latency = opts.latencyMs ?? 0.2;
+  const queue: Packet[] = [];
+  const SERVER = 3935;
+  const CLIENT = 50000;
+  const hosts = new Map<string, { engine: PeerEngine; events: Recorder; listeners: TestListeners }>();
+  let dropped = 0;
+  const mk = (ip: string, seed: number) => {
+    const events = new Recorder(clock);
+    const listeners = new TestListeners();
+    const engine = new PeerEngine({
+      now: () => clock.t,
+      random64: rng64(seed),
+      events,
+      lookup: listeners,
+      send: (dest, bytes, via) => {
+        if (r() < opts.loss) {
+          dropped++;
+          return true;
+        }
+        const srcPort = via === 0 ? SERVER : CLIENT;
+        queue.push({ at: clock.t + latency, to: dest.ip, dstPort: dest.port, src: { family: 4, ip, port: srcPort }, bytes });
+        return true;
+      },
+    });
+    hosts.set(ip, { engine, events, listeners });
+    return { engine, events, listeners };
+  };
+  const A = mk('10.0.0.1', 1);
+  const B = mk('10.0.0.2', 2);
+  const run = (until: number) => {
+    for (;;) {
+      let next = Infinity;
+      for (const h of hosts.values()) next = Math.min(next, h.engine.nextDeadline() ?? Infinity);
+      const pkt = queue.length ? queue.reduce((a, b) => (b.at < a.at ? b : a)) : undefined;
+      if (pkt && pkt.at <= next) next = pkt.at;
+      if (next > until) break;
+      clock.t = Math.max(clock.t, next);
+      if (pkt && pkt.at === next) {
+        queue.splice(queue.indexOf(pkt), 1);
+        hosts.get(pkt.to)?.engine.receive(pkt.bytes, pkt.src, pkt.dstPort === SERVER ? 0 : 1);
+      } else {
+        for (const h of hosts.values()) h.engine.tick(clock.t);
+      }
+    }
+    clock.t = until;
+  };
+  return { clock, A, B, run, dropped: () => dropped };
+}
+
+describe('PeerEngine: two hosts over a lossy network', () => {
+  it('30% loss each way: every query answered well before 10 s, all accepted, REMOTE_INFO once each', () => {
+    const net = twoHosts({ loss: 0.3, seed: 12345 });
+    net.B.listeners.add('0.0.0.0', 5000, 33333);
+    const N = 2000;
+    const startAt = new Map<number, number>();
+    for (let i = 0; i < N; i++) {
+      net.clock.t = i * 2;
+      startAt.set(i, net.clock.t);
+      net.A.engine.startQuery({
+        id: i,
+        local: parseIp('10.0.0.1', 10000 + i),
+        mapped: parseIp('10.0.0.1', 30000 + i),
+        remote: parseIp('10.0.0.2', 5000),
+      });
+      net.run(net.clock.t + 2);
+    }
+    net.run(net.clock.t + 30_000);
+    const done = net.A.events.done;
+    expect(done).toHaveLength(N);
+    expect(new Set(done.map((d) => d.id)).size).toBe(N);
+    const lat = done.map((d) => d.at - startAt.get(d.id)!).sort((a, b) => a - b);
+    expect(lat[lat.length - 1]!).toBeLessThan(KERNEL_WAIT_MS);
+    expect(done.every((d) => d.outcome.kind === 'accepted')).toBe(true);
+    for (const d of done) {
+      if (d.outcome.kind === 'accepted') expect(d.outcome.mappedRemote.port).toBe(33333);
+    }
+    // p99 well under a second of retransmission rounds
+    expect(lat[Math.floor(N * 0.99)]!).toBeLessThan(2000);
+    // REMOTE_INFO exactly once per query (duplicates recognised), with the right peer
+    const infos = net.B.events.infos;
+    expect(infos).toHaveLength(N);
+    expect(new Set(infos.map((x) => x.remote.port)).size).toBe(N);
+    for (const x of infos) expect(x.mappedRemote.port - x.remote.port).toBe(20000);
+    expect(net.dropped()).toBeGreaterThan(0);
+    // everything is cleaned up eventually
+    const sa = net.A.engine.stats();
+    const sb = net.B.engine.stats();
+    expect(sa.liveQueries).toBe(0);
+    expect(sb.liveAccepts).toBe(0);
+    expect(sa.ackTrackers).toBe(0);
+  });
+
+  it('REJ both ways under loss: every query rejected, none lost', () => {
+    const net = twoHosts({ loss: 0.3, seed: 777 });
+    for (let i = 0; i < 500; i++) {
+      net.A.engine.startQuery({ id: i, local: parseIp('10.0.0.1', 10000 + i), mapped: parseIp('10.0.0.1', 30000 + i), remote: parseIp('10.0.0.2', 6000) });
+      net.run(net.clock.t + 1);
+    }
+    net.run(net.clock.t + 20_000);
+    expect(net.A.events.done).toHaveLength(500);
+    expect(net.A.events.done.every((d) => d.outcome.kind === 'rejected')).toBe(true);
+    expect(net.B.events.infos).toHaveLength(0);
+  });
+
+  it('a silent peer: every query gets a timeout before 10 s', () => {
+    const net = twoHosts({ loss: 1, seed: 1 });
+    for (let i = 0; i < 100; i++) {
+      net.A.engine.startQuery({ id: i, local: parseIp('10.0.0.1', 10000 + i), mapped: parseIp('10.0.0.1', 30000 + i), remote: parseIp('10.0.0.2', 6000) });
+    }
+    net.run(20_000);
+    expect(net.A.events.done).toHaveLength(100);
+    for (const d of net.A.events.done) {
+      expect(d.outcome.kind).toBe('timeout');
+      expect(d.at).toBeLessThan(KERNEL_WAIT_MS);
+    }
+  });
+
+  it('both directions at once, IPv4 family end to end with the real fuzzy lookup', () => {
+    const net = twoHosts({ loss: 0.1, seed: 4 });
+    net.A.listeners.add('10.0.0.1', 7000, 17000);
+    net.B.listeners.add('0.0.0.0', 5000, 15000);
+    net.A.engine.startQuery({ id: 1, local: parseIp('10.0.0.1', 40000), mapped: parseIp('10.0.0.1', 40001), remote: parseIp('10.0.0.2', 5000) });
+    net.B.engine.startQuery({ id: 2, local: parseIp('10.0.0.2', 41000), mapped: parseIp('10.0.0.2', 41001), remote: parseIp('10.0.0.1', 7000) });
+    net.B.engine.startQuery({ id: 3, local: parseIp('10.0.0.2', 41002), mapped: parseIp('10.0.0.2', 41003), remote: parseIp('10.0.0.1', 7001) });
+    net.run(10_000);
+    expect(net.A.events.done).toEqual([{ at: expect.any(Number), id: 1, outcome: { kind: 'accepted', mappedRemote: parseIp('10.0.0.2', 15000) } }]);
+    const bDone = new Map(net.B.events.done.map((d) => [d.id, d.outcome]));
+    expect(bDone.get(2)).toEqual({ kind: 'accepted', mappedRemote: parseIp('10.0.0.1', 17000) });
+    expect(bDone.get(3)).toEqual({ kind: 'rejected' });
+    expect(net.A.events.infos.map((i) => i.remote)).toEqual([parseIp('10.0.0.2', 41000)]);
+    expect(net.B.events.infos.map((i) => i.mappedRemote)).toEqual([parseIp('10.0.0.1', 40001)]);
+    expect(AF_INET).toBe(2);
+  });
+});
