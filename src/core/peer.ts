@@ -97,8 +97,8 @@ export interface PeerLimits {
   maxAccepts: number;
   /** Live ACCEPT conversations per peer IP. */
   maxAcceptsPerPeer: number;
-  /** Conversations sharing one (handle, wire address) key from different peer IPs. */
-  maxSameKey: number;
+  /** Conversations sharing one handle (other peer IPs or listeners); more is a flood. */
+  maxSameHandle: number;
   /** Finished ACCEPT conversations kept for duplicates (oldest evicted first). */
   maxLingering: number;
   /** ACK trackers (oldest evicted first). */
@@ -118,7 +118,7 @@ export const DEFAULT_PEER_LIMITS: Readonly<PeerLimits> = Object.freeze({
   maxQueries: 65_536,
   maxAccepts: 65_536,
   maxAcceptsPerPeer: 8_192,
-  maxSameKey: 8,
+  maxSameHandle: 8,
   maxLingering: 65_536,
   maxAckTrackers: 65_536,
   maxQuarantinedHandles: 262_144,
@@ -254,6 +254,8 @@ interface QueryConv extends Timed {
   id: number;
   handle: bigint;
   local: SockAddr;
+  /** After the ACC the conversation stays on as the ACK tracker: its entries in the expiry queue. */
+  queued: number;
   remote: SockAddr;
   dest: PeerEndpoint;
   req: Buffer;
@@ -262,12 +264,8 @@ interface QueryConv extends Timed {
   intervalMs: number;
 }
 
-interface AckTracker {
-  handle: bigint;
-  local: SockAddr;
-  /** Entries of this tracker in the expiry queue (a refresh adds one). */
-  queued: number;
-}
+/** What re-ACKs a duplicate ACC: the finished query itself. */
+type AckTracker = QueryConv;
 
 interface PeerBucket {
   tokens: number;
@@ -278,7 +276,10 @@ interface PeerBucket {
 
 interface AcceptConv extends Timed {
   kind: 'accept';
-  key: string;
+  handle: bigint;
+  /** The listener's mapped wire address as sent in the ACC (duplicate key with handle and peer IP). */
+  wirePort: number;
+  wireIp: Buffer;
   peerIp: string;
   src: PeerEndpoint;
   via: number | undefined;
@@ -421,8 +422,8 @@ export class PeerEngine implements PeerPort {
   /** Handles recently used, and when each may be used again (in order). */
   private readonly quarantine = new Set<bigint>();
   private readonly quarantineQueue = new Fifo<{ h: bigint; untilMs: number }>();
-  /** (handle, wire address) → conversations from different peer IPs (normally one). */
-  private readonly accepts = new Map<string, AcceptConv[]>();
+  /** handle → ACCEPT conversations (normally one; more for other peer IPs or listeners). */
+  private readonly accepts = new Map<bigint, AcceptConv[]>();
   private readonly lingering = new Fifo<{ conv: AcceptConv; untilMs: number }>();
   private liveAccepts = 0;
   private readonly buckets = new Map<string, PeerBucket>();
@@ -498,6 +499,7 @@ export class PeerEngine implements PeerPort {
       id: q.id,
       handle,
       local,
+      queued: 0,
       remote,
       dest,
       req,
@@ -583,11 +585,10 @@ export class PeerEngine implements PeerPort {
       return;
     }
 
-    const key = `${m.assocHandle.toString(36)}/${addrKey(wire)}`;
-    let list = this.accepts.get(key);
+    let list = this.accepts.get(m.assocHandle);
     if (list) {
       for (const c of list) {
-        if (c.peerIp === src.ip) {
+        if (c.peerIp === src.ip && c.wirePort === wire.port && c.wireIp.equals(wire.ip)) {
           // A retransmitted REQ (our ACC or the peer's REQ got lost): the same ACC again.
           this.counters.reqDuplicate++;
           this.sendCounted(src, c.acc, via, 'txAccDuplicateReq');
@@ -600,7 +601,7 @@ export class PeerEngine implements PeerPort {
       this.warn('cap', `peer: too many live ACCEPT conversations (${this.liveAccepts} total, ${bucket.live} from ${src.ip}); REQ dropped`);
       return;
     }
-    if (list && list.length >= this.limits.maxSameKey) {
+    if (list && list.length >= this.limits.maxSameHandle) {
       this.counters.reqCapDropped++;
       return;
     }
@@ -608,7 +609,9 @@ export class PeerEngine implements PeerPort {
     const acc = encodePeerMessage(asReply(m, PM_MSG_ACC, { apIp: wire.ip, apPort: wire.port }));
     const conv: AcceptConv = {
       kind: 'accept',
-      key,
+      handle: m.assocHandle,
+      wirePort: wire.port,
+      wireIp: wire.ip,
       peerIp: src.ip,
       src: { family: src.family, ip: src.ip, port: src.port },
       via,
@@ -622,7 +625,7 @@ export class PeerEngine implements PeerPort {
     };
     if (!list) {
       list = [];
-      this.accepts.set(key, list);
+      this.accepts.set(m.assocHandle, list);
     }
     list.push(conv);
     this.liveAccepts++;
@@ -646,8 +649,8 @@ export class PeerEngine implements PeerPort {
   }
 
   private onAck(m: PeerMessage, src: PeerEndpoint): void {
-    const wire: SockAddr = { family: familyOf(m.ipVersion), port: m.apPort, ip: m.apIp, flowinfo: 0, scopeId: 0 };
-    const list = this.accepts.get(`${m.assocHandle.toString(36)}/${addrKey(wire)}`);
+    const all = this.accepts.get(m.assocHandle);
+    const list = all?.filter((c) => c.wirePort === m.apPort && c.wireIp.equals(m.apIp));
     // Prefer the conversation of the ACK's sender; a multi-homed peer may ACK from another IP.
     const conv =
       list?.find((c) => c.peerIp === src.ip) ?? (list?.length === 1 ? list[0] : list?.find((c) => c.state === 'accepting'));
@@ -674,11 +677,11 @@ export class PeerEngine implements PeerPort {
   }
 
   private forgetAccept(conv: AcceptConv): void {
-    const list = this.accepts.get(conv.key);
+    const list = this.accepts.get(conv.handle);
     if (!list) return;
     const i = list.indexOf(conv);
     if (i < 0) return;
-    if (list.length === 1) this.accepts.delete(conv.key);
+    if (list.length === 1) this.accepts.delete(conv.handle);
     else list.splice(i, 1);
   }
 
@@ -698,9 +701,9 @@ export class PeerEngine implements PeerPort {
         flowinfo: q.remote.flowinfo,
         scopeId: q.remote.scopeId,
       };
-      const t: AckTracker = { handle: q.handle, local: q.local, queued: 1 };
-      this.ackTrackers.set(q.handle, t);
-      this.trackerQueue.push({ t, atMs: now + this.timing.ackTrackerMs });
+      q.queued = 1;
+      this.ackTrackers.set(q.handle, q);
+      this.trackerQueue.push({ t: q, atMs: now + this.timing.ackTrackerMs });
       while (this.ackTrackers.size > this.limits.maxAckTrackers) this.expireTrackers(now, true);
       this.deps.events.queryDone(q.id, { kind: 'accepted', mappedRemote });
       this.sendCounted(src, encodePeerMessage(asReply(m, PM_MSG_ACK)), via, 'txAck');

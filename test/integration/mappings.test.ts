@@ -1,3 +1,4 @@
+import { createRequire } from "node:module"; const require = createRequire(import.meta.url);
 /**
  * ADD_MAPPING / REMOVE_MAPPING against the real daemon: RMANAGE bytes, wildcard
  * sharing and reference counts, duplicates, NO_PORT_MAP, IPv6, and that mapped
@@ -233,7 +234,12 @@ describe('signals', () => {
     daemon.signal('SIGTERM');
     const e = await daemon.waitExit(5000);
     expect(e).toEqual({ code: 0, signal: null });
-    for (const r of [...rs, w]) expect(rawBind(r.mapped.port, r.mapped.family === 10 ? 10 : 2)).toBe(0);
+    for (const r of [...rs, w]) {
+      const fam = r.mapped.family === 10 ? 10 : 2;
+      const e = rawBind(r.mapped.port, fam);
+      if (e !== 0) console.log('DEBUG', r.mapped.port, fam, require('node:child_process').execSync(`ss -tanp | grep :${r.mapped.port} || true`).toString());
+      expect(e, `port ${r.mapped.port} (family ${fam}) still in use after exit`).toBe(0);
+    }
   });
 
   it('SIGKILL (crash): the kernel side notices on the next ADD (ECONNREFUSED) and forgets the daemon', async () => {
