@@ -112,6 +112,10 @@ WORK="$RESULTS/.work"
 IRD="$WORK/initramfs"
 rm -rf "$WORK"
 mkdir -p "$IRD/bin" "$IRD/mod" "$IRD/proc" "$IRD/sys" "$IRD/dev" "$IRD/newroot"
+# The guest runs a snapshot of its scripts: editing the checkout during a run
+# must not change what a running bash reads.
+mkdir -p "$WORK/guest"
+cp "$PROJECT/test/kernel/guest-main.sh" "$PROJECT/test/kernel/decode-strace.mjs" "$WORK/guest/"
 cp "$BUSYBOX" "$IRD/bin/busybox"
 cp "$PROJECT/test/kernel/init.sh" "$IRD/init"
 chmod 755 "$IRD/init" "$IRD/bin/busybox"

@@ -183,7 +183,7 @@ export function startDaemon(which, o) {
     if (o.profileDir) node.push('--cpu-prof', '--cpu-prof-dir', o.profileDir);
     const argv = [
       ...node,
-      join(ROOT, 'dist/cli/iwpmd.js'),
+      process.env.IWPMD_BENCH_OURS ?? join(ROOT, 'dist/cli/iwpmd.js'),
       '-s',
       '-c',
       o.config,

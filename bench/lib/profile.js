@@ -4,7 +4,7 @@
  *   node bench/lib/profile.js bench/out/prof [top]
  */
 import { readFileSync, readdirSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 function load(dir) {
@@ -17,11 +17,73 @@ function load(dir) {
   return files.map((f) => ({ name: f, prof: JSON.parse(readFileSync(join(dir, f), 'utf8')) }));
 }
 
+// --- minimal source-map reader (VLQ "mappings", version 3) so dist/*.js:line reads as src/*.ts:line
+const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+const maps = new Map();
+function decodeMappings(str) {
+  const lines = [];
+  let src = 0;
+  let sLine = 0;
+  let sCol = 0;
+  for (const line of str.split(';')) {
+    const segs = [];
+    let col = 0;
+    for (const seg of line.split(',')) {
+      if (!seg) continue;
+      const v = [];
+      let shift = 0;
+      let val = 0;
+      for (const ch of seg) {
+        const d = B64.indexOf(ch);
+        val += (d & 31) << shift;
+        if (d & 32) shift += 5;
+        else {
+          v.push(val & 1 ? -(val >>> 1) : val >>> 1);
+          val = 0;
+          shift = 0;
+        }
+      }
+      col += v[0];
+      if (v.length >= 4) {
+        src += v[1];
+        sLine += v[2];
+        sCol += v[3];
+        segs.push([col, src, sLine]);
+      }
+    }
+    lines.push(segs);
+  }
+  return lines;
+}
+function original(file, line0, col0) {
+  let m = maps.get(file);
+  if (m === undefined) {
+    m = null;
+    try {
+      const raw = JSON.parse(readFileSync(`${file}.map`, 'utf8'));
+      m = { sources: raw.sources.map((s) => resolve(dirname(file), raw.sourceRoot ?? '', s)), lines: decodeMappings(raw.mappings) };
+    } catch {
+      /* no map */
+    }
+    maps.set(file, m);
+  }
+  if (!m) return undefined;
+  const segs = m.lines[line0];
+  if (!segs || segs.length === 0) return undefined;
+  let best = segs[0];
+  for (const s of segs) if (s[0] <= col0) best = s;
+  return { source: m.sources[best[1]], line: best[2] + 1 };
+}
+
 function where(cf, root) {
   let url = cf.url || '';
   if (url.startsWith('file://')) url = fileURLToPath(url);
-  if (root && url.startsWith(root)) url = relative(root, url);
   if (!url) return '(native/VM)';
+  if (url.endsWith('.js') && url.startsWith('/')) {
+    const o = original(url, cf.lineNumber, cf.columnNumber);
+    if (o) return `${root && o.source.startsWith(root) ? relative(root, o.source) : o.source}:${o.line}`;
+  }
+  if (root && url.startsWith(root)) url = relative(root, url);
   return `${url}:${cf.lineNumber + 1}`;
 }
 

@@ -145,8 +145,15 @@ function attrPayloadLen(v: AttrValue): number {
 export function encodeMessage(h: Omit<NlHeader, 'len'>, attrs: readonly AttrSpec[]): Buffer {
   let len = NLMSG_HDRLEN;
   for (const a of attrs) len += align4(NLA_HDRLEN + attrPayloadLen(a.v));
-  const buf = Buffer.alloc(len);
-  writeHeader(buf, { ...h, len });
+  // Pooled allocation (allocUnsafe shares Node's slab for small sizes) zeroed by hand:
+  // Buffer.alloc creates a fresh ArrayBuffer per message, which showed up as GC time
+  // at tens of thousands of replies per second.
+  const buf = Buffer.allocUnsafe(len).fill(0);
+  buf.writeUInt32LE(len, 0);
+  buf.writeUInt16LE(h.type & 0xffff, 4);
+  buf.writeUInt16LE(h.flags & 0xffff, 6);
+  buf.writeUInt32LE(h.seq >>> 0, 8);
+  buf.writeUInt32LE(h.pid >>> 0, 12);
   let off = NLMSG_HDRLEN;
   for (const a of attrs) {
     const plen = attrPayloadLen(a.v);

@@ -128,7 +128,7 @@ interface PendingQuery {
   startedAtMs: number;
 }
 
-export type AbiState = { phase: 'negotiating'; attempts: number; lastHelloMs: number } | { phase: 'ready'; abi: 3 | 4 };
+export type AbiState = { phase: 'negotiating'; attempts: number; lastHelloMs: number } | { phase: 'ready'; abi: 3 | 4; assumed?: boolean };
 
 export class IwpmDaemon implements MappingLookup, PeerEvents {
   readonly table = new MappingTable();
@@ -175,6 +175,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   private toClose: { fd: number; port: number }[] = [];
   private afterReserve: (() => void)[] = [];
   private afterFlush: (() => void)[] = [];
+  /** Inside onBatch: replies wait for the batch's single send. */
+  private inBatch = false;
 
   constructor(private readonly deps: DaemonDeps) {}
 
@@ -209,7 +211,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
           `the kernel never answered HELLO (${HELLO_ATTEMPTS} tries); assuming ABI ${IWPM_UABI_VERSION}. ` +
             'Is iw_cm loaded, and is this the initial network namespace?',
         );
-        this.becomeReady(IWPM_UABI_VERSION as 4);
+        this.becomeReady(IWPM_UABI_VERSION as 4, true, true);
       }
     }
   }
@@ -228,6 +230,16 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
 
   /** One receive batch from the netlink socket. */
   onBatch(datagrams: readonly ReceivedDatagram[]): void {
+    this.inBatch = true;
+    try {
+      this.receiveBatch(datagrams);
+    } finally {
+      this.inBatch = false;
+    }
+    this.finishBatch();
+  }
+
+  private receiveBatch(datagrams: readonly ReceivedDatagram[]): void {
     for (const d of datagrams) {
       this.counters.datagrams++;
       if (d.sender !== this.deps.kernelPortId) {
@@ -246,7 +258,6 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       }
       for (const m of split.messages) this.handle(decodeKernelMessage(m));
     }
-    this.finishBatch();
   }
 
   // ---------------------------------------------------------------------------
@@ -324,7 +335,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     const orig = k.original;
     const helloType = nlType(RDMA_NL_IWCM, RDMA_NL_IWPM_HELLO);
     const forHello = orig ? orig.type === helloType : k.header.seq === 0;
-    if (forHello && this.abi.phase === 'negotiating') {
+    // A late rejection after we gave up waiting still tells us the kernel speaks ABI 3.
+    if (forHello && (this.abi.phase === 'negotiating' || this.abi.assumed)) {
       if (k.error === -22) {
         this.deps.log.info('the kernel rejected HELLO (EINVAL): it speaks IWPM ABI 3');
         this.becomeReady(3);
@@ -358,8 +370,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     );
   }
 
-  private becomeReady(abi: 3 | 4, requestMapinfo = true): void {
-    this.abi = { phase: 'ready', abi };
+  private becomeReady(abi: 3 | 4, requestMapinfo = true, assumed = false): void {
+    this.abi = { phase: 'ready', abi, assumed };
     this.deps.log.info(`IWPM ABI ${abi} negotiated`);
     if (requestMapinfo) {
       // Ask the kernel to replay its mappings (recovery after a restart).
@@ -371,8 +383,9 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     const held = this.held;
     this.held = [];
     for (const k of held) this.dispatch(k);
-    // becomeReady may be called outside a batch (tick): flush now.
-    this.finishBatch();
+    // becomeReady may be called outside a batch (tick): flush now. Inside one,
+    // onBatch flushes at its end (one send per batch).
+    if (!this.inBatch) this.finishBatch();
   }
 
   private onRegPid(k: Extract<KernelMessage, { op: 'reg_pid' }>): void {
@@ -453,9 +466,10 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
         return;
       }
       this.queries.set(q.id, q);
-      this.afterFlush.push(() =>
-        peer.startQuery({ id: q.id, local: k.local.addr, mapped: mapping.mapped, remote: k.remote.addr }),
-      );
+      this.afterFlush.push(() => {
+        // A REMOVE later in the same batch may have cancelled it already.
+        if (this.queries.has(q.id)) peer.startQuery({ id: q.id, local: k.local.addr, mapped: mapping.mapped, remote: k.remote.addr });
+      });
     };
     if (mapping.state !== 'pending') return start();
     // Answered with HANDLE_ERR in arrival order if the reservation fails.

@@ -29,7 +29,7 @@
  * is capped and REQs are rate limited per peer IP; REMOTE_INFO goes to the kernel before
  * the ACC leaves, so the kernel knows the peer before its connection can arrive.
  */
-import { AF_INET, AF_INET6, type SockAddr, addrKey, formatIp } from '../codec/sockaddr.js';
+import { AF_INET, AF_INET6, type SockAddr, formatIp } from '../codec/sockaddr.js';
 import {
   IWARP_PM_PORT,
   PM_MSG_ACC,

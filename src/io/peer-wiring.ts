@@ -1,10 +1,11 @@
 /**
- * Starts the daemon-to-daemon exchange (UDP) and connects it to the kernel side.
- * TEMPORARY: the UDP peer (core/peer.ts + io/udp.ts) is being wired in; until then
- * QUERY_MAPPING is answered with IWPM_REMOTE_QUERY_REJECT ("peer exchange is not running").
+ * Starts the daemon-to-daemon exchange (UDP, io/udp.ts + core/peer.ts) and connects it
+ * to the kernel side: the daemon is the mapping lookup and receives the outcomes and
+ * REMOTE_INFOs; the daemon's QUERY_MAPPINGs go to the peer engine.
  */
 import type { IwpmDaemon } from '../core/daemon.js';
 import type { Logger } from '../core/log.js';
+import { PeerIo, type PeerIoStatus } from './udp.js';
 
 export interface PeerHandle {
   close(): Promise<void>;
@@ -13,6 +14,19 @@ export interface PeerHandle {
 }
 
 export async function startPeer(o: { daemon: IwpmDaemon; log: Logger; port: number }): Promise<PeerHandle | undefined> {
-  o.log.warn(`peer exchange on UDP ${o.port} is not available in this build: QUERY_MAPPING is answered with a reject`);
-  return undefined;
+  const io = new PeerIo({ events: o.daemon, lookup: o.daemon, log: o.log, port: o.port });
+  let status: PeerIoStatus;
+  try {
+    status = await io.start();
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const why = err.code === 'EADDRINUSE' ? 'the port is in use (is another iwpmd running?)' : err.message;
+    throw new Error(`cannot open the peer UDP port ${o.port}: ${why}`);
+  }
+  o.daemon.setPeer(io);
+  return {
+    close: () => io.close(),
+    stats: () => io.stats(),
+    describe: () => ({ ...status, peerPort: io.engine.peerPort, timing: io.engine.timing }),
+  };
 }

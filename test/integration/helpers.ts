@@ -3,6 +3,7 @@
  * started against it, expected daemon -> kernel bytes (rdma-core's layouts, built by
  * hand in test/sim/bytes.ts, not by src/codec), and host port probes.
  */
+import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { expect } from 'vitest';
 import { native } from '../../src/native/index.js';
@@ -113,6 +114,21 @@ export function rawBind(port: number, family: 2 | 10 = 2): number {
   const r = native.reservePorts(Uint8Array.of(family), Uint16Array.of(port));
   if (r.errnos[0] === 0) native.closeFds(Int32Array.of(r.fds[0]!));
   return r.errnos[0]!;
+}
+
+/** Who has TCP port `port` bound (ss output), for failure messages. */
+export function portHolders(port: number): string {
+  try {
+    return execFileSync('ss', ['-tanpH', `( sport = :${port} )`], { encoding: 'utf8', timeout: 5000 }).trim() || '(ss shows no socket)';
+  } catch (e) {
+    return `(ss failed: ${(e as Error).message})`;
+  }
+}
+
+/** The daemon no longer holds `port`: a plain bind succeeds (names the holder if not). */
+export function expectReleased(port: number, family: 2 | 10 = 2): void {
+  const e = rawBind(port, family);
+  if (e !== 0) expect.fail(`port ${port} (family ${family}) is still in use (errno ${e}); holders:\n${portHolders(port)}`);
 }
 
 /** Hold `port` with a bound (not listening) socket, like the daemon does; returns the fd. */

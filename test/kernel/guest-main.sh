@@ -22,7 +22,8 @@ ADDR=192.0.2.1
 NETDEV=kt0
 CTL=/run/iwpmd.sock
 TRACE=sendmsg,recvmsg,sendto,recvfrom,sendmmsg,recvmmsg
-DECODE="node $P/test/kernel/decode-strace.mjs"
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+DECODE="node $HERE/decode-strace.mjs"
 IWPMCTL="node $P/dist/cli/iwpmctl.js --control $CTL"
 SCENARIOS=${KT_SCENARIOS:-nodaemon ref ours compare}
 CMTIME_RUNS=${KT_CMTIME_RUNS:-4}
@@ -42,12 +43,13 @@ dmesg_since() { dmesg | awk -v m="kt-mark: $1" 'f{print} index($0,m){f=1}'; }
 # state of a pid: empty when gone; "Z" for a zombie
 pstate() { local l; read -r l 2>/dev/null < "/proc/$1/stat" || return 0; l=${l##*) }; echo "${l%% *}"; }
 alive() { local s; s=$(pstate "$1"); [ -n "$s" ] && [ "$s" != Z ]; }
+# deadlines are wall-clock (a poll can take long in a loaded TCG guest)
+now_ms() { local t=${EPOCHREALTIME/./}; echo $(( t / 1000 )); }
 # wait_exit PID SECONDS: waits for a background child; sets WRC (exit code or "timeout")
 wait_exit() {
-  local pid=$1 n=$(( $2 * 10 ))
+  local pid=$1 end=$(( $(now_ms) + $2 * 1000 ))
   while alive "$pid"; do
-    n=$((n - 1))
-    if [ "$n" -le 0 ]; then WRC=timeout; return 1; fi
+    if [ "$(now_ms)" -ge "$end" ]; then WRC=timeout; return 1; fi
     sleep 0.1
   done
   wait "$pid" 2>/dev/null
@@ -70,12 +72,11 @@ stop_bg() {
     WRC=$?
   fi
 }
-# wait_for SECONDS CMD...: polls CMD every 0.2 s
+# wait_for SECONDS CMD...: polls CMD every 0.2 s until it succeeds or time is up
 wait_for() {
-  local n=$(( $1 * 5 )); shift
+  local end=$(( $(now_ms) + $1 * 1000 )); shift
   while ! "$@" >/dev/null 2>&1; do
-    n=$((n - 1))
-    [ "$n" -le 0 ] && return 1
+    [ "$(now_ms)" -ge "$end" ] && return 1
     sleep 0.2
   done
   return 0
@@ -122,9 +123,15 @@ start_daemon() {
 }
 # daemon_ready MARK: HELLO handled by the kernel (+ control socket for ours)
 daemon_ready() {
-  dmesg_since "$1" | grep -q 'Using ABI version' || return 1
+  if [ -z "$DPID" ] || ! alive "$DPID"; then DAEMON_GONE=1; return 0; fi
+  DAEMON_GONE=0
   if [ "$DKIND" = ours ]; then [ -S "$CTL" ] || return 1; fi
   return 0
+}
+# wait_ready MARK [SECONDS]: 0 when the daemon is up and the kernel has its HELLO
+wait_ready() {
+  wait_for "${2:-30}" daemon_ready "$1" || return 1
+  [ "$DAEMON_GONE" = 0 ]
 }
 stop_daemon() {
   if [ -n "$DPID" ] && alive "$DPID"; then kill -TERM "$DPID" 2>/dev/null; fi
@@ -191,15 +198,15 @@ EOF
 # rping_pair DIR TAG PORT COUNT: server + client; writes DIR/rping-TAG-{server,client}.txt,
 # sets RP_CRC RP_SRC RP_PINGS
 rping_pair() {
-  local dir=$1 tag=$2 port=$3 n=$4 spid cpid
+  local dir=$1 tag=$2 port=$3 n=$4 lw=${5:-15} ct=${6:-30} spid cpid
   rping -s -a "$ADDR" -p "$port" -C "$n" -v > "$dir/rping-$tag-server.txt" 2>&1 &
   spid=$!
-  if ! wait_for 15 listening "$ADDR" "$port"; then
-    echo "server not listening after 15 s" >> "$dir/rping-$tag-server.txt"
+  if ! wait_for "$lw" listening "$ADDR" "$port"; then
+    echo "server not listening after $lw s" >> "$dir/rping-$tag-server.txt"
   fi
-  timeout -s TERM -k 5 30 rping -c -a "$ADDR" -p "$port" -C "$n" -v -V > "$dir/rping-$tag-client.txt" 2>&1 &
+  timeout -s TERM -k 5 "$ct" rping -c -a "$ADDR" -p "$port" -C "$n" -v -V > "$dir/rping-$tag-client.txt" 2>&1 &
   cpid=$!
-  wait_exit "$cpid" 40 || { kill -KILL "$cpid" 2>/dev/null; wait_exit "$cpid" 5; }
+  wait_exit "$cpid" $((ct + 10)) || { kill -KILL "$cpid" 2>/dev/null; wait_exit "$cpid" 5; }
   RP_CRC=$WRC
   wait_exit "$spid" 15 || stop_bg "$spid"
   RP_SRC=$WRC
@@ -212,7 +219,7 @@ scenario_startup() {
   mkdir -p "$d"
   mark "$g.startup"
   start_daemon "$kind" "$d" 1
-  if [ -z "$DPID" ] || ! wait_for 30 daemon_ready "$g.startup"; then
+  if [ -z "$DPID" ] || ! wait_ready "$g.startup"; then
     dmesg_since "$g.startup" > "$d/dmesg-startup.txt"
     result FAIL "$g.startup" "daemon not ready within 30 s (pid ${DPID:-none}; see $g/daemon-1.log, dmesg-startup.txt)"
     return 1
@@ -340,7 +347,7 @@ EOF
 # scenario_restart GROUP KIND: SIGKILL the daemon under a live connection, restart,
 # MAPINFO replay, live connection continues, new connections work.
 scenario_restart() {
-  local g=$1 kind=$2 d=$R/$1 ok=1 why="" n=1500 port=7180
+  local g=$1 kind=$2 d=$R/$1 ok=1 why="" n=600 port=7180
   mark "$g.restart"
   rping -s -a "$ADDR" -p "$port" -C "$n" -V > "$d/restart-server.txt" 2>&1 &
   local spid=$!
@@ -364,7 +371,7 @@ scenario_restart() {
   # restart
   mark "$g.restart.2"
   start_daemon "$kind" "$d" 2
-  if ! wait_for 30 daemon_ready "$g.restart.2"; then
+  if ! wait_ready "$g.restart.2"; then
     ok=0; why+=" restarted daemon not ready;"
   fi
   # the replay is over when the kernel has had our MAPINFO_NUM answer
@@ -522,7 +529,7 @@ group_daemon() { # group_daemon GROUP KIND
   # that the rate measures the daemon rather than its debug log
   mark "$g.cmtime-start"
   start_daemon "$kind" "$R/$g" cmtime nostrace info
-  if wait_for 30 daemon_ready "$g.cmtime-start"; then
+  if wait_ready "$g.cmtime-start"; then
     sleep 0.5
     cmtime_runs "$g"
     [ "$kind" = ours ] && mappings "$R/$g" after-cmtime > "$R/$g/mappings-after-cmtime.count"
@@ -553,6 +560,140 @@ group_compare() {
   else result FAIL compare "differences:$why"; fi
 }
 
+# ------------------------------------------------------------------ quirks
+# Kernel behaviour the spec only inferred ([I]); evidence for docs/real-kernel.md.
+# group_quirks GROUP KIND (optional group, not in the default list)
+group_quirks() {
+  local g=$1 kind=$2 d=$R/$1
+  mkdir -p "$d"
+  [ "$kind" = ours ] && ! timeout 30 node "$P/dist/cli/iwpmd.js" --help >/dev/null 2>&1 \
+    && { result FAIL "$g" "daemon not built"; return; }
+  quirk_replay_batches "$g" "$kind"
+  quirk_hung_daemon "$g" "$kind"
+  quirk_dead_daemon "$g" "$kind"
+}
+
+# 26 listeners, SIGKILL, restart: how the kernel packs the MAPINFO replay
+quirk_replay_batches() {
+  local g=$1 kind=$2 d=$R/$1 ok=1 why="" n=26 i pids=()
+  mark "$g.batch"
+  start_daemon "$kind" "$d" batch1
+  wait_ready "$g.batch" || { result FAIL "$g.replay-batches" "daemon not ready"; stop_daemon; return; }
+  for i in $(seq 0 $((n - 1))); do
+    rping -s -a "$ADDR" -p $((7400 + i)) -C 1 > /dev/null 2>&1 &
+    pids+=($!)
+  done
+  wait_for 90 sh -c "[ \$(rdma res show cm_id | grep -c 'state LISTEN') -ge $n ]" || why+=" not all $n listeners up;"
+  local mb="" ma="" mf=""
+  [ "$kind" = ours ] && mb=$(mappings "$d" batch-before)
+  kill -KILL "$DPID"; wait_exit "$SPID" 10 || stop_bg "$SPID"; rm -f "$CTL"
+  mark "$g.batch.2"
+  start_daemon "$kind" "$d" batch2
+  wait_ready "$g.batch.2" || why+=" restarted daemon not ready;"
+  sleep 3
+  [ "$kind" = ours ] && ma=$(mappings "$d" batch-after)
+  for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null; done
+  for i in "${pids[@]}"; do wait_exit "$i" 10 || stop_bg "$i"; done
+  sleep 2
+  [ "$kind" = ours ] && mf=$(mappings "$d" batch-final)
+  dmesg_since "$g.batch.2" > "$d/dmesg-batch.txt"
+  decode "$d" batch2
+  local f=$d/nl-batch2.txt
+  # records per datagram: each datagram of the replay ends in a bare 16-byte NLMSG_DONE
+  local per; per=$(awk '/ in  nl  0x0806 MAPINFO /{c++} / in  nl  0x0003 NLMSG_DONE +len=16 /{printf "%d ", c; c=0}' "$f")
+  local total; total=$(nlc ' in  nl  0x0806 MAPINFO ' "$f")
+  local sendnum acknum
+  sendnum=$(grep ' in  nl  0x0807 MAPINFO_NUM' "$f" | head -1 | grep -o '\[2\]=u32:[0-9]*' | cut -d: -f2)
+  acknum=$(grep ' out nl  0x0807 MAPINFO_NUM' "$f" | head -1 | grep -o '\[3\]=u32:[0-9]*' | cut -d: -f2)
+  # where the dump's own NLMSG_DONE (seq = our MAPINFO request's seq) comes
+  grep -n ' in  nl ' "$f" | head -40 > "$d/batch-order.txt"
+  [ "$total" = "$n" ] || { ok=0; why+=" $total records replayed (want $n);"; }
+  [ "$sendnum" = "$n" ] && [ "$acknum" = "$n" ] || { ok=0; why+=" MAPINFO_NUM send $sendnum ack $acknum;"; }
+  if [ "$kind" = ours ]; then
+    [ "${mb%% *}" = "$n" ] || { ok=0; why+=" before kill ${mb%% *} mappings;"; }
+    [ "${ma%% *}" = "$n" ] || { ok=0; why+=" after replay ${ma%% *} mappings;"; }
+    [ "${mf%% *}" = 0 ] || { ok=0; why+=" after the listeners closed ${mf%% *} mappings;"; }
+  fi
+  alive "$DPID" || { ok=0; why+=" daemon died;"; }
+  stop_daemon
+  local detail="$n listeners replayed: records per datagram: $per(total $total), MAPINFO_NUM send=$sendnum ack=$acknum${ma:+; our table before/after/final: ${mb%% *}/${ma%% *}/${mf%% *}}"
+  if [ "$ok" = 1 ]; then result PASS "$g.replay-batches" "$detail"; else result FAIL "$g.replay-batches" "$detail; problems:$why"; fi
+}
+
+# SIGSTOP the daemon: every listen/connect waits for the kernel's 10 s timeout;
+# SIGCONT: the late answers are dropped by the kernel, the daemon carries on
+quirk_hung_daemon() {
+  local g=$1 kind=$2 d=$R/$1 ok=1 why=""
+  mark "$g.hung"
+  start_daemon "$kind" "$d" hung
+  wait_ready "$g.hung" || { result FAIL "$g.hung-daemon" "daemon not ready"; stop_daemon; return; }
+  rping_pair "$d" hung-warmup 7500 3   # registers the daemon (REG_PID)
+  kill -STOP "$DPID"
+  mark "$g.hung.2"
+  local t1 t2; t1=$(date +%s%N)
+  rping_pair "$d" hung 7501 3 40 60
+  t2=$(date +%s%N)
+  local el=$(( (t2 - t1) / 1000000 ))
+  kill -CONT "$DPID"
+  sleep 3
+  local mp=""
+  [ "$kind" = ours ] && mp=$(mappings "$d" hung-after)
+  mark "$g.hung.3"
+  rping_pair "$d" hung-after 7502 3
+  sleep 1
+  dmesg_since "$g.hung.2" > "$d/dmesg-hung.txt"
+  dmesg_since "$g.hung.3" > "$d/dmesg-hung-after.txt"
+  local nto; nto=$(count 'iwpm_wait_complete_req: Timeout 10 sec' "$d/dmesg-hung.txt")
+  local nlate; nlate=$(count 'Could not find a matching request' "$d/dmesg-hung.txt")
+  decode "$d" hung
+  grep -A3 -E ' out nl  0x080[12] ' "$d/nl-hung.txt" | tail -12 > "$d/hung-late-replies.txt"
+  [ "$RP_CRC" = 0 ] && [ "$RP_PINGS" = 3 ] || { ok=0; why+=" connection after SIGCONT failed (rc $RP_CRC, $RP_PINGS pings);"; }
+  [ "$nto" -ge 2 ] || { ok=0; why+=" $nto kernel timeouts while stopped (want listen + connect);"; }
+  grep -q 'query_mapping: Remote sockaddr: IPV4 192.0.2.1: 7502' "$d/dmesg-hung-after.txt" || { ok=0; why+=" not mapped after SIGCONT;"; }
+  alive "$DPID" || { ok=0; why+=" daemon died;"; }
+  stop_daemon
+  local detail="daemon stopped: rping pair took ${el} ms (client rc ${RP_CRC}), kernel 'Timeout 10 sec' x$nto, late replies dropped by the kernel ('Could not find a matching request') x$nlate; after SIGCONT the next connection is mapped normally${mp:+; our table after SIGCONT: ${mp%% *}}"
+  if [ "$ok" = 1 ]; then result PASS "$g.hung-daemon" "$detail"; else result FAIL "$g.hung-daemon" "$detail; problems:$why"; fi
+}
+
+# SIGKILL without restart: the next unicast fails, the kernel forgets the daemon
+quirk_dead_daemon() {
+  local g=$1 kind=$2 d=$R/$1 ok=1 why=""
+  mark "$g.dead"
+  start_daemon "$kind" "$d" dead1
+  wait_ready "$g.dead" || { result FAIL "$g.dead-daemon" "daemon not ready"; stop_daemon; return; }
+  rping_pair "$d" dead-warmup 7510 3
+  kill -KILL "$DPID"; wait_exit "$SPID" 10 || stop_bg "$SPID"; rm -f "$CTL"
+  mark "$g.dead.2"
+  local t1 t2; t1=$(date +%s%N)
+  rping_pair "$d" dead 7511 3
+  t2=$(date +%s%N)
+  local el1=$(( (t2 - t1) / 1000000 ))
+  local r1="$RP_CRC/$RP_SRC/$RP_PINGS"
+  mark "$g.dead.3"
+  rping_pair "$d" dead-again 7512 3
+  local r2="$RP_CRC/$RP_SRC/$RP_PINGS"
+  dmesg_since "$g.dead.2" | awk '/kt-mark: '"$g"'.dead.3/{exit} 1' > "$d/dmesg-dead.txt"
+  dmesg_since "$g.dead.3" > "$d/dmesg-dead-again.txt"
+  # a new daemon brings mapping back
+  mark "$g.dead.4"
+  start_daemon "$kind" "$d" dead2
+  wait_ready "$g.dead.4" || why+=" new daemon not ready;"
+  rping_pair "$d" dead-recovered 7513 3
+  local r3="$RP_CRC/$RP_SRC/$RP_PINGS"
+  dmesg_since "$g.dead.4" > "$d/dmesg-dead-recovered.txt"
+  [ "$r1" = 0/0/3 ] && [ "$r2" = 0/0/3 ] && [ "$r3" = 0/0/3 ] || { ok=0; why+=" rping results $r1 $r2 $r3;"; }
+  grep -q 'Unable to send a nlmsg' "$d/dmesg-dead.txt" || { ok=0; why+=" no 'Unable to send' after the daemon died;"; }
+  grep -Eq 'iwpm_|_mapping' "$d/dmesg-dead-again.txt" && { ok=0; why+=" kernel still talks to a dead daemon;"; }
+  grep -q 'Multicasting a nlmsg' "$d/dmesg-dead-recovered.txt" || { ok=0; why+=" no REG_PID after the new daemon's HELLO;"; }
+  grep -q 'query_mapping: Remote sockaddr: IPV4 192.0.2.1: 7513' "$d/dmesg-dead-recovered.txt" || { ok=0; why+=" not mapped with the new daemon;"; }
+  alive "$DPID" || { ok=0; why+=" new daemon died;"; }
+  stop_daemon
+  local first; first=$(grep -o 'iwpm_[a-z_]*: Unable to send a nlmsg[^\n]*' "$d/dmesg-dead.txt" | head -2 | tr '\n' '|')
+  local detail="after SIGKILL: first pair ${el1} ms ($first), rping $r1; next pair: no iwpm traffic at all, rping $r2; new daemon: REG_PID again, mapped, rping $r3"
+  if [ "$ok" = 1 ]; then result PASS "$g.dead-daemon" "$detail"; else result FAIL "$g.dead-daemon" "$detail; problems:$why"; fi
+}
+
 # --------------------------------------------------------------------- main
 say "guest-main: scenarios: $SCENARIOS"
 : > "$SUM"
@@ -563,6 +704,8 @@ if setup; then
       ref) group_daemon ref ref ;;
       ours) group_daemon ours ours ;;
       compare) group_compare ;;
+      quirks) group_quirks quirks ours ;;
+      quirks-ref) group_quirks quirks-ref ref ;;
       *) result FAIL "$grp" "unknown scenario group" ;;
     esac
   done

@@ -7,7 +7,9 @@ cd /
 KT=/run/kt
 . $KT/results/config.env
 echo "kt-init: stage 2 at $(cut -d' ' -f1 /proc/uptime)s" > /dev/kmsg
-timeout -s KILL "${GUEST_TIMEOUT:-300}" /bin/bash $KT/project/test/kernel/guest-main.sh \
+MAIN=$KT/results/.work/guest/guest-main.sh   # snapshot taken by scripts/test-kernel.sh
+[ -f "$MAIN" ] || MAIN=$KT/project/test/kernel/guest-main.sh
+timeout -s KILL "${GUEST_TIMEOUT:-300}" /bin/bash "$MAIN" \
   > $KT/results/guest.log 2>&1
 echo "guest-main exit=$?" >> $KT/results/guest.log
 dmesg > $KT/results/dmesg.final.txt 2>/dev/null

@@ -650,6 +650,15 @@ export class KernelSim {
     return p;
   }
 
+  /** iwpm_register_pid would return at once (VALID, or the daemon marked unavailable). */
+  private registered(client: number): boolean {
+    return this.registration[client] === 'VALID' || this.userPid === IWPM_PID_UNAVAILABLE;
+  }
+
+  private pidProblem(): string | undefined {
+    return this.userPid <= 0 ? `no valid daemon pid (${this.userPid})` : undefined;
+  }
+
   /** The registration step of iw_cm_map: REG_PID unless VALID or the daemon is marked unavailable. */
   private async register(dev: DeviceInfo, client: number): Promise<string | undefined> {
     if (this.registration[client] !== 'VALID' && this.userPid !== IWPM_PID_UNAVAILABLE) {
@@ -665,7 +674,9 @@ export class KernelSim {
     const client = o.client ?? RDMA_NL_IWCM;
     const flags = o.flags ?? 0;
     const localRaw = Buffer.isBuffer(local) ? local : rawOf(addr(local));
-    const why = await this.register(o.dev ?? {}, client);
+    // Already registered: no await before the send, so requests issued back to back go
+    // out in call order (tests rely on it for ordering and barriers).
+    const why = this.registered(client) ? this.pidProblem() : await this.register(o.dev ?? {}, client);
     if (why) return { kind: 'unmapped', reason: why };
     // cm_id->mapped = true from here: a mapinfo record is created whatever happens next.
     const out = await this.addMapping(localRaw, flags, client);
@@ -707,7 +718,7 @@ export class KernelSim {
     const flags = o.flags ?? 0;
     const localRaw = Buffer.isBuffer(local) ? local : rawOf(addr(local));
     const remoteRaw = Buffer.isBuffer(remote) ? remote : rawOf(addr(remote));
-    const why = await this.register(o.dev ?? {}, client);
+    const why = this.registered(client) ? this.pidProblem() : await this.register(o.dev ?? {}, client);
     if (why) return { kind: 'unmapped', reason: why };
     const out = await this.queryMapping(localRaw, remoteRaw, flags, client);
     this.mapinfo.push({ client, local: localRaw, mapped: out.kind === 'ok' ? out.mappedRaw : localRaw, flags });
@@ -820,13 +831,21 @@ export class KernelSim {
    * `seq` is the header seq the datagram carries (take it from nextSeq()).
    */
   rawRequest(op: PendingOp, seq: number, datagram: Buffer, check: { ibdev?: string; local?: Buffer; remote?: Buffer } = {}): Promise<RequestOutcome<Record<string, unknown>>> {
-    const p = this.expect<Record<string, unknown>>({ op, seq, client: RDMA_NL_IWCM, ...check });
+    const p = this.awaitReply(op, seq, check);
     const r = this.xmit([datagram], this.userPid > 0 ? this.userPid : 0);
     if (!r.ok) {
       this.cancel(seq);
       return Promise.resolve({ kind: 'unmapped', seq, reason: `send failed: ${r.error}` });
     }
     return p;
+  }
+
+  /**
+   * Register an outstanding request with header seq `seq` without sending anything (the
+   * caller sends it, e.g. several requests in one datagram with sendRaw).
+   */
+  awaitReply(op: PendingOp, seq: number, check: { ibdev?: string; local?: Buffer; remote?: Buffer } = {}): Promise<RequestOutcome<Record<string, unknown>>> {
+    return this.expect<Record<string, unknown>>({ op, seq, client: RDMA_NL_IWCM, ...check });
   }
 
   /** A second USERSOCK socket (its own port id) to send as a non-kernel sender. */

@@ -1,0 +1,254 @@
+/**
+ * Two hosts (network namespaces + veth, IPv4 and IPv6), each with its own kernel
+ * simulator and port mapper daemon, exchanging QUERY_MAPPING over UDP 3935:
+ *   - our daemon on both hosts: both directions, both families, wildcard and specific
+ *     listeners, REJ for unknown listeners, REMOTE_INFO contents, removal afterwards;
+ *   - 30% loss on UDP 3935 (nftables numgen) in both namespaces: every query is answered
+ *     before the kernel's 10 s, none lost;
+ *   - interop with rdma-core's iwpmd (through the test/ref/nlredirect.c shim) on the other
+ *     host, both roles, both families.
+ * Needs root and iproute2 (and nftables, rdma-core + gcc for the parts that use them);
+ * skips with a printed reason otherwise.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DaemonProc } from '../sim/daemon-proc.js';
+import { addr, fmtSockaddr } from '../sim/kernel-sim.js';
+import {
+  HOST_A,
+  HOST_B,
+  NetnsPair,
+  RefDaemon,
+  type RemoteInfoText,
+  SimChild,
+  type SimOutcome,
+  multihostSkipReason,
+  nftSkipReason,
+  refSkipReason,
+  removeCompiled,
+  removeShim,
+  startOurDaemon,
+} from './netns.js';
+
+const skip = multihostSkipReason();
+if (skip) console.log(`multihost tests skipped: ${skip}`);
+
+const norm = (s: string): string => fmtSockaddr(addr(s));
+const at = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+const WILD = { v4: '0.0.0.0', v6: '::' } as const;
+
+let appPort = 20_000;
+const nextPort = (): number => appPort++;
+
+interface Host {
+  ns: string;
+  sim: SimChild;
+  ours?: DaemonProc;
+  ref?: RefDaemon;
+  ip: { v4: string; v6: string };
+}
+
+async function add(h: Host, local: string): Promise<number> {
+  const r = await h.sim.call<SimOutcome>('add', { local });
+  if (r.kind !== 'ok') throw new Error(`ADD ${local} on ${h.ns}: ${JSON.stringify(r)}\n${daemonLog(h)}`);
+  return addr(r.mapped!).port;
+}
+
+function daemonLog(h: Host): string {
+  return h.ours ? h.ours.tail(30) : (h.ref?.log().split('\n').slice(-30).join('\n') ?? '');
+}
+
+async function remoteInfos(h: Host): Promise<RemoteInfoText[]> {
+  return h.sim.call<RemoteInfoText[]>('remoteInfos');
+}
+
+async function waitRemoteInfos(h: Host, n: number, timeoutMs = 5000): Promise<RemoteInfoText[]> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await remoteInfos(h);
+    if (r.length >= n || Date.now() > end) return r;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
+
+/**
+ * The exchange in one direction and one family: a wildcard and a specific listener on
+ * `passive`, queries from `active` to both and to an unknown port; checks RQUERY,
+ * REJ and REMOTE_INFO contents; removes everything afterwards.
+ */
+async function exchange(active: Host, passive: Host, fam: 'v4' | 'v6'): Promise<void> {
+  const infosBefore = (await remoteInfos(passive)).length;
+  const Pw = nextPort();
+  const Ps = nextPort();
+  const mw = await add(passive, at(WILD[fam], Pw));
+  const ms = await add(passive, at(passive.ip[fam], Ps));
+
+  const Lw = at(active.ip[fam], nextPort());
+  const Ls = at(active.ip[fam], nextPort());
+  const Lr = at(active.ip[fam], nextPort());
+  const unknown = at(passive.ip[fam], nextPort());
+  const qw = await active.sim.call<SimOutcome>('query', { local: Lw, remote: at(passive.ip[fam], Pw) });
+  const qs = await active.sim.call<SimOutcome>('query', { local: Ls, remote: at(passive.ip[fam], Ps) });
+  const qr = await active.sim.call<SimOutcome>('query', { local: Lr, remote: unknown });
+  const ctx = `\nactive log:\n${daemonLog(active)}\npassive log:\n${daemonLog(passive)}`;
+
+  // ACC: the listener's mapped port (IP as addressed for the wildcard listener)
+  expect(qw.kind, `wildcard query: ${JSON.stringify(qw)}${ctx}`).toBe('ok');
+  expect(norm(qw.mappedRemote!)).toBe(norm(at(passive.ip[fam], mw)));
+  expect(addr(qw.mapped!).port).not.toBe(addr(Lw).port);
+  expect(qs.kind, `specific query: ${JSON.stringify(qs)}${ctx}`).toBe('ok');
+  expect(norm(qs.mappedRemote!)).toBe(norm(at(passive.ip[fam], ms)));
+  // REJ -> ERR 16
+  expect(qr, `unknown listener: ${JSON.stringify(qr)}${ctx}`).toMatchObject({ kind: 'error', code: 16 });
+  for (const q of [qw, qs, qr]) expect(q.ms).toBeLessThan(2000);
+
+  // REMOTE_INFO on the passive host: listener local + stored mapped address, peer's real + mapped address
+  const infos = (await waitRemoteInfos(passive, infosBefore + 2)).slice(infosBefore);
+  const norms = (r: RemoteInfoText) => ({ local: norm(r.local), remote: norm(r.remote), mappedLocal: norm(r.mappedLocal), mappedRemote: norm(r.mappedRemote) });
+  expect(infos.map(norms)).toEqual(
+    expect.arrayContaining([
+      { local: norm(at(WILD[fam], Pw)), remote: norm(Lw), mappedLocal: norm(at(WILD[fam], mw)), mappedRemote: norm(qw.mapped!) },
+      { local: norm(at(passive.ip[fam], Ps)), remote: norm(Ls), mappedLocal: norm(at(passive.ip[fam], ms)), mappedRemote: norm(qs.mapped!) },
+    ]),
+  );
+  expect(infos).toHaveLength(2);
+
+  // removal afterwards
+  for (const l of [Lw, Ls, Lr]) await active.sim.call('remove', { local: l });
+  for (const l of [at(WILD[fam], Pw), at(passive.ip[fam], Ps)]) await passive.sim.call('remove', { local: l });
+  for (const h of [active, passive]) {
+    await h.sim.call('barrier');
+    if (h.ours) expect(h.ours.ctl('show', 'mappings')).toEqual([]);
+  }
+}
+
+async function startHost(ns: string, ip: { v4: string; v6: string }, kind: 'ours' | 'ref'): Promise<Host> {
+  const sim = await SimChild.start(ns, { abi: 4, group: 2, replyTimeoutMs: 10_000 });
+  const h: Host = { ns, sim, ip };
+  if (kind === 'ours') h.ours = await startOurDaemon(ns, sim.portId);
+  else h.ref = RefDaemon.start(ns, sim.portId);
+  try {
+    await sim.call('waitMapinfo', { timeoutMs: 15_000 });
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\ndaemon log:\n${daemonLog(h)}`);
+  }
+  return h;
+}
+
+async function stopHost(h: Host | undefined): Promise<void> {
+  if (!h) return;
+  await h.ours?.kill();
+  await h.ref?.kill();
+  await h.sim.close();
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
+}
+
+describe.skipIf(!!skip)('two hosts, our daemon on both', () => {
+  const pair = new NetnsPair('o');
+  let A: Host;
+  let B: Host;
+
+  beforeAll(async () => {
+    pair.create();
+    [A, B] = await Promise.all([startHost(pair.a, HOST_A, 'ours'), startHost(pair.b, HOST_B, 'ours')]);
+  }, 90_000);
+
+  afterAll(async () => {
+    await Promise.all([stopHost(A), stopHost(B)]);
+    pair.destroy();
+    removeCompiled();
+  });
+
+  it('IPv4: A -> B and B -> A (wildcard + specific listeners, REJ, REMOTE_INFO, removal)', async () => {
+    await exchange(A, B, 'v4');
+    await exchange(B, A, 'v4');
+  });
+
+  it('IPv6: A -> B and B -> A (wildcard + specific listeners, REJ, REMOTE_INFO, removal)', async () => {
+    await exchange(A, B, 'v6');
+    await exchange(B, A, 'v6');
+  });
+
+  it.skipIf(!!nftSkipReason())('30% loss on UDP 3935 each way: every query answered before 10 s, none lost', async () => {
+    const mw4 = await add(B, at(WILD.v4, 7000));
+    const mw6 = await add(B, at(WILD.v6, 7001));
+    pair.addLoss(pair.a, 3935, 30);
+    pair.addLoss(pair.b, 3935, 30);
+    const infosBefore = (await remoteInfos(B)).length;
+    try {
+      const list: { local: string; remote: string; expect: 'ok' | 'rej'; mapped?: string }[] = [];
+      for (let i = 0; i < 400; i++) {
+        const fam = i % 2 === 0 ? 'v4' : 'v6';
+        const rej = i % 4 >= 2;
+        const port = rej ? 7999 : fam === 'v4' ? 7000 : 7001;
+        list.push({
+          local: at(A.ip[fam], nextPort()),
+          remote: at(B.ip[fam], port),
+          expect: rej ? 'rej' : 'ok',
+          mapped: rej ? undefined : norm(at(B.ip[fam], fam === 'v4' ? mw4 : mw6)),
+        });
+      }
+      const t0 = Date.now();
+      const outs = await A.sim.call<SimOutcome[]>('queries', { list: list.map(({ local, remote }) => ({ local, remote })), window: 64 });
+      const wall = Date.now() - t0;
+      const lat = outs.map((o) => o.ms).sort((a, b) => a - b);
+      const stats = A.ours!.ctl('show', 'stats') as { peer: Record<string, number> };
+      console.log(
+        `30% loss: ${outs.length} queries in ${wall} ms; latency p50 ${percentile(lat, 0.5).toFixed(0)} ms, ` +
+          `p99 ${percentile(lat, 0.99).toFixed(0)} ms, max ${lat[lat.length - 1]!.toFixed(0)} ms; ` +
+          `REQ retransmissions ${stats.peer.txReqRetransmit}, timeouts ${stats.peer.queriesTimedOut}`,
+      );
+      const bad: string[] = [];
+      outs.forEach((o, i) => {
+        const want = list[i]!;
+        if (o.ms >= 10_000) bad.push(`#${i} took ${o.ms} ms`);
+        if (want.expect === 'ok' && (o.kind !== 'ok' || norm(o.mappedRemote!) !== want.mapped)) bad.push(`#${i} ${JSON.stringify(o)}`);
+        if (want.expect === 'rej' && !(o.kind === 'error' && o.code === 16)) bad.push(`#${i} ${JSON.stringify(o)}`);
+      });
+      expect(bad, bad.slice(0, 10).join('\n')).toEqual([]);
+      expect(stats.peer.queriesTimedOut).toBe(0);
+      expect(stats.peer.txReqRetransmit).toBeGreaterThan(0); // the loss was real
+      // REMOTE_INFO exactly once per accepted query (duplicate REQs recognised)
+      const infos = (await waitRemoteInfos(B, infosBefore + 200)).slice(infosBefore);
+      expect(infos).toHaveLength(200);
+      expect(new Set(infos.map((r) => norm(r.remote))).size).toBe(200);
+      console.log(pair.lossCounters(pair.b).replace(/\s+/g, ' '));
+    } finally {
+      pair.clearLoss(pair.a);
+      pair.clearLoss(pair.b);
+    }
+  }, 120_000);
+});
+
+describe.skipIf(!!skip || !!refSkipReason())("interop with rdma-core's iwpmd on the other host", () => {
+  const pair = new NetnsPair('r');
+  let A: Host; // ours
+  let B: Host; // rdma-core iwpmd
+
+  beforeAll(async () => {
+    pair.create();
+    [A, B] = await Promise.all([startHost(pair.a, HOST_A, 'ours'), startHost(pair.b, HOST_B, 'ref')]);
+  }, 90_000);
+
+  afterAll(async () => {
+    await Promise.all([stopHost(A), stopHost(B)]);
+    pair.destroy();
+    removeCompiled();
+    removeShim();
+  });
+
+  it('IPv4: ours connecting to iwpmd, iwpmd connecting to ours', async () => {
+    await exchange(A, B, 'v4');
+    await exchange(B, A, 'v4');
+  });
+
+  it('IPv6: ours connecting to iwpmd, iwpmd connecting to ours', async () => {
+    await exchange(A, B, 'v6');
+    await exchange(B, A, 'v6');
+  });
+});
+
+if (!skip && refSkipReason()) console.log(`interop tests skipped: ${refSkipReason()}`);
+if (!skip && nftSkipReason()) console.log(`loss test skipped: ${nftSkipReason()}`);
