@@ -1,6 +1,6 @@
 // Module entry point. Context-aware (NODE_API_MODULE), no mutable statics:
-// every piece of state lives in a NetlinkSocket instance, so the addon loads in
-// worker_threads and in several environments at once.
+// every piece of state lives in a socket instance (NetlinkSocket, UdpSocket), so
+// the addon loads in worker_threads and in several environments at once.
 #include <cstring>
 #include <string>
 
@@ -28,6 +28,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitNetlinkSocket(env, exports);
   InitPorts(env, exports);
   InitSys(env, exports);
+  InitUdpSocket(env, exports);
   return exports;
 }
 

@@ -115,8 +115,9 @@ class BatchSocket {
   static Napi::Array ErrnoArray(Napi::Env env, const std::vector<int>& errors);
   // The counters both sockets report (the subclass may add its own).
   Napi::Object StatsObject(Napi::Env env) const;
-  // Calls a JS callback from the loop (MakeCallback); a throw becomes an uncaught exception.
-  void Call(Napi::FunctionReference& fn, napi_value arg);
+  // Calls onBatch(batch) from the loop (MakeCallback: microtasks and nextTicks run
+  // afterwards); a throw becomes an uncaught exception.
+  void EmitBatch(napi_value batch) { Call(on_batch_, batch); }
 
   // --- subclass hooks ---
   // The wrapper's JS object (receiver of the callbacks).
@@ -161,6 +162,7 @@ class BatchSocket {
   void SetPollEvents(int events);
   void Quiesce();  // stops the handles until the env cleanup hook closes them
   void ReportSendErrors(const std::vector<std::pair<uint32_t, int>>& failed);
+  void Call(Napi::FunctionReference& fn, napi_value arg);
 
   static void OnPoll(uv_poll_t* handle, int status, int events);
   static void OnTimer(uv_timer_t* handle);

@@ -17,5 +17,6 @@ void ThrowErrno(Napi::Env env, int err, const char* syscall);
 void InitNetlinkSocket(Napi::Env env, Napi::Object exports);
 void InitPorts(Napi::Env env, Napi::Object exports);
 void InitSys(Napi::Env env, Napi::Object exports);
+void InitUdpSocket(Napi::Env env, Napi::Object exports);
 
 }  // namespace iwpm

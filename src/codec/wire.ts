@@ -158,3 +158,46 @@ export function asReply(
     apIp: fields.apIp ?? m.apIp,
   };
 }
+
+/** Negative results of classifyPeerDatagram, by kind. */
+export const WIRE_REJECT_KINDS: readonly WireRejectKind[] = ['length', 'reqLength', 'version', 'ipVersion'];
+
+/**
+ * The checks of decodePeerMessage without decoding anything (no allocation): returns
+ * `(type << 4) | ipVersion` for an acceptable datagram, or `-(1 + i)` where
+ * WIRE_REJECT_KINDS[i] says why not.
+ */
+export function classifyPeerDatagram(b: Uint8Array): number {
+  const len = b.length;
+  if (len !== PM_MESSAGE_SIZE && len !== PM_REQ_SIZE) return -1;
+  const magic = b[0]!;
+  if (magic >> VER_SHIFT !== PM_PROTOCOL_VERSION) return -3;
+  const ipv = magic & IPVER_MASK;
+  if (ipv !== 4 && ipv !== 6) return -4;
+  const type = (magic & MT_MASK) >> MT_SHIFT;
+  if (type === PM_MSG_REQ && len !== PM_REQ_SIZE) return -2;
+  return (type << 4) | ipv;
+}
+
+/**
+ * A 48-byte reply built from a received (valid) REQ or ACC, as asReply + encode would:
+ * every field echoed except the type, `reserved` (0) and, when given, apport/apipaddr;
+ * bytes 4-15 of IPv4 address fields zeroed.
+ */
+export function replyFromRaw(received: Uint8Array, type: PeerReply['type'], ap?: { ip: Buffer; port: number }): Buffer {
+  const out = Buffer.allocUnsafe(PM_MESSAGE_SIZE);
+  out.set(received.subarray(0, PM_MESSAGE_SIZE));
+  const ipv = received[0]! & IPVER_MASK;
+  out[0] = (PM_PROTOCOL_VERSION << VER_SHIFT) | (type << MT_SHIFT) | ipv;
+  out[2] = 0;
+  out[3] = 0;
+  if (ap) {
+    out.writeUInt16BE(ap.port & 0xffff, 4);
+    ap.ip.copy(out, 32, 0, ipv === 4 ? 4 : 16);
+  }
+  if (ipv === 4) {
+    out.fill(0, 20, 32);
+    out.fill(0, 36, 48);
+  }
+  return out;
+}

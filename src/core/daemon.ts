@@ -515,7 +515,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       return this.handleErr(k.client, 0, IWPM_DUPLICATE_MAPPING_ERR);
     }
     const noPortMap = (k.flags & IWPM_FLAGS_NO_PORT_MAP) !== 0;
-    const m = this.newMapping(k.local, k.client, k.flags, 'mapinfo', k.mapped.addr.port, k.mapped.raw);
+    const m = this.newMapping(k.local, k.client, k.flags, 'mapinfo', k.mapped.addr.port);
     if (noPortMap) {
       m.state = 'unreserved';
       this.table.insert(m);
@@ -575,9 +575,9 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     flags: number,
     source: Mapping['source'],
     mappedPort: number,
-    mappedRaw?: Buffer,
   ): Mapping {
-    const raw = mappedRaw ? Buffer.from(mappedRaw) : withRawPort(local.raw, mappedPort);
+    // Built from zeroed bytes: family, IP, flowinfo and scope id of the local address, the mapped port.
+    const raw = encodeSockaddr({ ...local.addr, port: mappedPort });
     return {
       id: this.table.newId(),
       local: local.addr,
@@ -635,7 +635,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     if (r.errno === 0) {
       m.fd = r.fd;
       m.state = 'bound';
-      if (how === 'reserve') this.table.setMapped(m, { ...m.local, port: r.port }, withRawPort(m.localRaw, r.port));
+      if (how === 'reserve') this.table.setMapped(m, { ...m.local, port: r.port }, encodeSockaddr({ ...m.local, port: r.port }));
       return;
     }
     const code = errnoName(r.errno);
@@ -839,13 +839,6 @@ function view(m: Mapping): ListenerView {
     wildcard: m.wildcard,
     ownerClient: m.ownerClient,
   };
-}
-
-/** The kernel's 128 bytes with only the port replaced (flowinfo/scope id kept, as rdma-core). */
-function withRawPort(raw: Buffer, port: number): Buffer {
-  const b = Buffer.from(raw);
-  b.writeUInt16BE(port & 0xffff, 2);
-  return b;
 }
 
 /** The kernel's 128 bytes with IP and port replaced (keeps IPv6 scope id); unused bytes zero. */

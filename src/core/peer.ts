@@ -36,11 +36,12 @@ import {
   PM_MSG_ACK,
   PM_MSG_REJ,
   PM_MSG_REQ,
-  type PeerMessage,
-  type PeerReq,
-  asReply,
+  PM_TYPE_NAMES,
+  WIRE_REJECT_KINDS,
+  classifyPeerDatagram,
   decodePeerMessage,
   encodePeerMessage,
+  replyFromRaw,
 } from '../codec/wire.js';
 import { LogLimiter, type Logger, nullLogger } from './log.js';
 import type { MappingLookup, PeerEvents, PeerPort, QueryOutcome, QueryStart } from './peer-api.js';
@@ -50,8 +51,13 @@ export const KERNEL_WAIT_MS = 10_000;
 
 /** Protocol timing; every value is in milliseconds except the backoff factors. */
 export interface PeerTiming {
-  /** First REQ retransmission after the initial send. */
+  /**
+   * First REQ retransmission after the initial send, at least (the retransmission timeout
+   * follows the measured round trip, RFC 6298 style, between this and reqMaxRtoMs).
+   */
   reqFirstRetransmitMs: number;
+  /** Upper bound of the adaptive first retransmission timeout (slow or overloaded peers). */
+  reqMaxRtoMs: number;
   /** Each further REQ interval is the previous one times this... */
   reqBackoff: number;
   /** ...up to this. */
@@ -76,12 +82,14 @@ export interface PeerTiming {
 
 export const DEFAULT_PEER_TIMING: Readonly<PeerTiming> = Object.freeze({
   reqFirstRetransmitMs: 150,
+  reqMaxRtoMs: 1_000,
   reqBackoff: 1.5,
-  reqMaxIntervalMs: 500,
+  // 30% loss each way fails a round trip half the time: retry often (a REQ is 64 bytes)
+  reqMaxIntervalMs: 250,
   queryGiveUpMs: 8_000,
   accFirstRetransmitMs: 200,
   accBackoff: 1.5,
-  accMaxIntervalMs: 1_000,
+  accMaxIntervalMs: 500,
   acceptGiveUpMs: 10_000,
   ackTrackerMs: 3_000,
   acceptLingerMs: 1_000,
@@ -135,6 +143,8 @@ export interface PeerEndpoint {
   port: number;
   /** IPv6 scope id for a destination built from a kernel address (io/ turns it into `%ifname`). */
   scopeId?: number;
+  /** The IP as 4 or 16 bytes when known (set on REQ destinations; a transport may set it on sources). */
+  raw?: Buffer;
 }
 
 /**
@@ -195,6 +205,9 @@ export interface PeerCounters {
 }
 
 export interface PeerStats extends PeerCounters {
+  /** Smoothed REQ round trip (0 before the first sample) and the current first retransmission timeout. */
+  srttMs: number;
+  rtoMs: number;
   liveQueries: number;
   liveAccepts: number;
   lingeringAccepts: number;
@@ -242,11 +255,13 @@ function newCounters(): PeerCounters {
 }
 
 // ---------------------------------------------------------------------------
-// Conversations
+// Conversations. Each one sits at most once in the deadline heap (intrusive: heapPos).
 
 interface Timed {
-  /** Bumped whenever the conversation's pending deadline changes or it ends. */
-  timerSeq: number;
+  /** When the ticker next has to look at it (retransmission or give-up). */
+  dueAtMs: number;
+  /** Index in the deadline heap, -1 when not in it. */
+  heapPos: number;
 }
 
 interface QueryConv extends Timed {
@@ -254,14 +269,20 @@ interface QueryConv extends Timed {
   id: number;
   handle: bigint;
   local: SockAddr;
-  /** After the ACC the conversation stays on as the ACK tracker: its entries in the expiry queue. */
-  queued: number;
   remote: SockAddr;
   dest: PeerEndpoint;
+  /** The REQ as sent (released when the query is answered). */
   req: Buffer;
+  startedAtMs: number;
+  /** Sent more than once: its answer says nothing about the round trip (Karn). */
+  retransmitted: boolean;
   giveUpAtMs: number;
   nextSendAtMs: number;
   intervalMs: number;
+  /** After the ACC the conversation stays on as the ACK tracker until then. */
+  trackerUntilMs: number;
+  /** A duplicate ACC extended trackerUntilMs since it was queued. */
+  trackerRefreshed: boolean;
 }
 
 /** What re-ACKs a duplicate ACC: the finished query itself. */
@@ -289,61 +310,83 @@ interface AcceptConv extends Timed {
   giveUpAtMs: number;
   nextSendAtMs: number;
   intervalMs: number;
+  lingerUntilMs: number;
 }
 
-interface HeapEntry {
-  at: number;
-  seq: number;
-  conv: QueryConv | AcceptConv;
-}
+type Conv = QueryConv | AcceptConv;
 
-/** Binary min-heap on `at` with lazy deletion (entries whose seq is stale are skipped). */
+/** Binary min-heap on dueAtMs; conversations know their position, so removal is O(log n). */
 class DeadlineHeap {
-  private readonly a: HeapEntry[] = [];
+  private readonly a: Conv[] = [];
 
   get size(): number {
     return this.a.length;
   }
 
-  peek(): HeapEntry | undefined {
+  peek(): Conv | undefined {
     return this.a[0];
   }
 
-  push(e: HeapEntry): void {
-    const a = this.a;
-    a.push(e);
-    let i = a.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (a[p]!.at <= e.at) break;
-      a[i] = a[p]!;
-      i = p;
+  /** Insert, or move after dueAtMs changed. */
+  set(c: Conv, dueAtMs: number): void {
+    c.dueAtMs = dueAtMs;
+    if (c.heapPos < 0) {
+      c.heapPos = this.a.length;
+      this.a.push(c);
     }
-    a[i] = e;
+    this.up(c.heapPos);
+    this.down(c.heapPos);
   }
 
-  pop(): HeapEntry | undefined {
+  remove(c: Conv): void {
+    const i = c.heapPos;
+    if (i < 0) return;
+    c.heapPos = -1;
+    const last = this.a.pop()!;
+    if (last === c) return;
+    this.a[i] = last;
+    last.heapPos = i;
+    this.up(i);
+    this.down(last.heapPos);
+  }
+
+  clear(): void {
+    for (const c of this.a) c.heapPos = -1;
+    this.a.length = 0;
+  }
+
+  private up(i: number): void {
     const a = this.a;
-    const top = a[0];
-    const last = a.pop();
-    if (a.length === 0 || !last) return top;
-    let i = 0;
+    const c = a[i]!;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      const pc = a[p]!;
+      if (pc.dueAtMs <= c.dueAtMs) break;
+      a[i] = pc;
+      pc.heapPos = i;
+      i = p;
+    }
+    a[i] = c;
+    c.heapPos = i;
+  }
+
+  private down(i: number): void {
+    const a = this.a;
     const n = a.length;
+    const c = a[i]!;
     for (;;) {
       const l = 2 * i + 1;
       if (l >= n) break;
       const r = l + 1;
-      const c = r < n && a[r]!.at < a[l]!.at ? r : l;
-      if (a[c]!.at >= last.at) break;
-      a[i] = a[c]!;
-      i = c;
+      const k = r < n && a[r]!.dueAtMs < a[l]!.dueAtMs ? r : l;
+      const kc = a[k]!;
+      if (kc.dueAtMs >= c.dueAtMs) break;
+      a[i] = kc;
+      kc.heapPos = i;
+      i = k;
     }
-    a[i] = last;
-    return top;
-  }
-
-  clear(): void {
-    this.a.length = 0;
+    a[i] = c;
+    c.heapPos = i;
   }
 }
 
@@ -381,27 +424,101 @@ class Fifo<T> {
   }
 }
 
+/** Recently used handles: a set plus a ring of (handle, until) in time order. */
+class Quarantine {
+  private readonly set = new Set<bigint>();
+  private readonly handles: BigUint64Array;
+  private readonly until: Float64Array;
+  private head = 0;
+  private count = 0;
+
+  constructor(private readonly capacity: number) {
+    this.handles = new BigUint64Array(capacity);
+    this.until = new Float64Array(capacity);
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  has(h: bigint): boolean {
+    return this.set.has(h);
+  }
+
+  add(h: bigint, untilMs: number): void {
+    if (this.capacity === 0 || this.set.has(h)) return;
+    if (this.count === this.capacity) this.dropOldest();
+    const i = (this.head + this.count) % this.capacity;
+    this.handles[i] = h;
+    this.until[i] = untilMs;
+    this.count++;
+    this.set.add(h);
+  }
+
+  expire(now: number): void {
+    while (this.count > 0 && this.until[this.head]! <= now) this.dropOldest();
+  }
+
+  /** When the oldest entry expires (undefined when empty). */
+  nextExpiry(): number | undefined {
+    return this.count > 0 ? this.until[this.head] : undefined;
+  }
+
+  clear(): void {
+    this.set.clear();
+    this.head = 0;
+    this.count = 0;
+  }
+
+  private dropOldest(): void {
+    this.set.delete(this.handles[this.head]!);
+    this.head = (this.head + 1) % this.capacity;
+    this.count--;
+  }
+}
+
 function isLoopback(ip: string): boolean {
   return ip.startsWith('127.') || ip === '::1' || ip.startsWith('::ffff:127.');
 }
 
-function sameIp(a: Buffer, b: Buffer, n: number): boolean {
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+function sameBytes(a: Buffer, aOff: number, b: Buffer, n: number): boolean {
+  for (let i = 0; i < n; i++) if (a[aOff + i] !== b[i]) return false;
   return true;
 }
 
-function familyOf(ipVersion: 4 | 6): typeof AF_INET | typeof AF_INET6 {
+function familyOf(ipVersion: number): typeof AF_INET | typeof AF_INET6 {
   return ipVersion === 4 ? AF_INET : AF_INET6;
 }
 
-/** The connecting-side checks of an ACC/REJ: same family, cpipaddr and cpport as the query. */
-function matchesLocal(local: SockAddr, m: PeerMessage): boolean {
+function ipLen(ipVersion: number): number {
+  return ipVersion === 4 ? 4 : 16;
+}
+
+// Offsets of the wire fields (spec §5.2).
+const OFF_APPORT = 4;
+const OFF_CPPORT = 6;
+const OFF_HANDLE = 8;
+const OFF_CPIP = 16;
+const OFF_APIP = 32;
+const OFF_MCPIP = 48;
+
+/** The connecting-side check of an ACC/REJ: same family, cpipaddr and cpport as the query. */
+function matchesLocal(local: SockAddr, b: Buffer, ipVersion: number): boolean {
   return (
-    familyOf(m.ipVersion) === local.family &&
-    m.cpPort === local.port &&
-    sameIp(m.cpIp, local.ip, local.family === AF_INET ? 4 : 16)
+    familyOf(ipVersion) === local.family &&
+    b.readUInt16BE(OFF_CPPORT) === local.port &&
+    sameBytes(b, OFF_CPIP, local.ip, ipLen(ipVersion))
   );
 }
+
+function copyIp(b: Buffer, off: number, ipVersion: number): Buffer {
+  const n = ipLen(ipVersion);
+  const out = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) out[i] = b[off + i]!;
+  return out;
+}
+
+const EMPTY = Buffer.alloc(0);
 
 // ---------------------------------------------------------------------------
 
@@ -417,20 +534,21 @@ export class PeerEngine implements PeerPort {
   private readonly queriesById = new Map<number, QueryConv>();
   private readonly queriesByHandle = new Map<bigint, QueryConv>();
   private readonly ackTrackers = new Map<bigint, AckTracker>();
-  /** Expiry order of the trackers; a tracker expires at its last entry. */
-  private readonly trackerQueue = new Fifo<{ t: AckTracker; atMs: number }>();
-  /** Handles recently used, and when each may be used again (in order). */
-  private readonly quarantine = new Set<bigint>();
-  private readonly quarantineQueue = new Fifo<{ h: bigint; untilMs: number }>();
+  /** Trackers in expiry order (a refreshed one moves to the back when it reaches the front). */
+  private readonly trackerQueue = new Fifo<AckTracker>();
+  private readonly quarantine: Quarantine;
   /** handle → ACCEPT conversations (normally one; more for other peer IPs or listeners). */
   private readonly accepts = new Map<bigint, AcceptConv[]>();
-  private readonly lingering = new Fifo<{ conv: AcceptConv; untilMs: number }>();
+  private readonly lingering = new Fifo<AcceptConv>();
   private liveAccepts = 0;
   private readonly buckets = new Map<string, PeerBucket>();
   private readonly overflowBucket: PeerBucket;
   private readonly loopbackBucket: PeerBucket = { tokens: Infinity, lastMs: 0, live: 0 };
   private deferred: { id: number; outcome: QueryOutcome }[] = [];
   private lastHousekeepingMs: number;
+  /** Round-trip estimate of REQ -> ACC/REJ over all peers (RFC 6298), 0 = no sample yet. */
+  private srttMs = 0;
+  private rttvarMs = 0;
 
   constructor(private readonly deps: PeerEngineDeps) {
     this.timing = Object.freeze({ ...DEFAULT_PEER_TIMING, ...deps.timing });
@@ -445,6 +563,7 @@ export class PeerEngine implements PeerPort {
       if (!(t[k] > 0)) throw new RangeError(`${k} must be positive, got ${t[k]}`);
     }
     if (!(t.reqBackoff >= 1 && t.accBackoff >= 1)) throw new RangeError('backoff factors must be >= 1');
+    this.quarantine = new Quarantine(Math.max(0, Math.floor(this.limits.maxQuarantinedHandles)));
     this.lastHousekeepingMs = deps.now();
     this.overflowBucket = { tokens: this.limits.reqBurstPerPeer, lastMs: this.lastHousekeepingMs, live: 0 };
   }
@@ -465,7 +584,8 @@ export class PeerEngine implements PeerPort {
   startQuery(q: QueryStart): void {
     const now = this.deps.now();
     this.counters.queriesStarted++;
-    if (this.queriesById.has(q.id)) this.dropQuery(this.queriesById.get(q.id)!, now);
+    const old = this.queriesById.get(q.id);
+    if (old) this.dropQuery(old, now);
     const { local, mapped, remote } = q;
     if (local.family !== remote.family || mapped.family !== local.family) {
       return this.defer(q.id, { kind: 'failed', reason: 'local, mapped and remote addresses are not of one family' });
@@ -487,10 +607,11 @@ export class PeerEngine implements PeerPort {
       apIp: remote.ip,
       mappedCpIp: mapped.ip,
     });
-    const dest: PeerEndpoint = { family: ipVersion, ip: formatIp(remote), port: this.peerPortValue };
+    const dest: PeerEndpoint = { family: ipVersion, ip: formatIp(remote), port: this.peerPortValue, raw: remote.ip };
+    const rto = this.rtoMs();
     if (remote.family === AF_INET6 && remote.scopeId) dest.scopeId = remote.scopeId;
     if (!this.trySend(dest, req, undefined)) {
-      this.quarantineHandle(handle, now);
+      this.quarantine.add(handle, now + this.timing.handleQuarantineMs);
       return this.defer(q.id, { kind: 'failed', reason: `cannot send to ${dest.ip} (no IPv${ipVersion} socket)` });
     }
     this.counters.txReq++;
@@ -499,25 +620,29 @@ export class PeerEngine implements PeerPort {
       id: q.id,
       handle,
       local,
-      queued: 0,
       remote,
       dest,
       req,
+      startedAtMs: now,
+      retransmitted: false,
       giveUpAtMs: now + this.timing.queryGiveUpMs,
-      nextSendAtMs: now + this.timing.reqFirstRetransmitMs,
-      intervalMs: this.timing.reqFirstRetransmitMs,
-      timerSeq: 0,
+      nextSendAtMs: now + rto,
+      intervalMs: rto,
+      trackerUntilMs: 0,
+      trackerRefreshed: false,
+      dueAtMs: 0,
+      heapPos: -1,
     };
     this.queriesById.set(q.id, conv);
     this.queriesByHandle.set(handle, conv);
-    this.schedule(conv, Math.min(conv.nextSendAtMs, conv.giveUpAtMs));
+    this.heap.set(conv, Math.min(conv.nextSendAtMs, conv.giveUpAtMs));
     if (this.log.debugEnabled) {
       this.log.debug(`peer: REQ h=${handle.toString(16)} query ${q.id} to ${dest.ip}:${dest.port}`);
     }
   }
 
   cancelQuery(id: number): void {
-    this.deferred = this.deferred.filter((d) => d.id !== id);
+    if (this.deferred.length) this.deferred = this.deferred.filter((d) => d.id !== id);
     const conv = this.queriesById.get(id);
     if (!conv) return;
     this.counters.queriesCancelled++;
@@ -527,39 +652,49 @@ export class PeerEngine implements PeerPort {
   // -------------------------------------------------------------------------
   // Datagrams (io → engine)
 
-  /** One datagram from `src`, received on socket `via`. Never throws on content. */
+  /**
+   * One datagram from `src`, received on socket `via`. Never throws on content. The engine
+   * may keep `src` (to retransmit to it): the caller must not reuse the object.
+   */
   receive(bytes: Uint8Array, src: PeerEndpoint, via?: number): void {
     this.counters.rxDatagrams++;
     if (src.port === 0) {
       this.counters.rxMalformed.sourcePort++;
       return;
     }
-    const d = decodePeerMessage(bytes);
-    if (!d.ok) {
-      this.counters.rxMalformed[d.kind]++;
-      this.warn(`malformed:${d.kind}`, `peer: dropped a datagram from ${src.ip}:${src.port}: ${d.reason}`);
+    const c = classifyPeerDatagram(bytes);
+    if (c < 0) {
+      const kind = WIRE_REJECT_KINDS[-c - 1]!;
+      this.counters.rxMalformed[kind]++;
+      const d = decodePeerMessage(bytes);
+      this.warn(`malformed:${kind}`, `peer: dropped a datagram from ${src.ip}:${src.port}: ${d.ok ? kind : d.reason}`);
       return;
     }
-    const m = d.msg;
-    switch (m.type) {
+    const b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const ipVersion = c & 0x0f;
+    const type = c >> 4;
+    if (this.log.debugEnabled) {
+      this.log.debug(`peer: ${PM_TYPE_NAMES[type]} h=${b.readBigUInt64BE(OFF_HANDLE).toString(16)} from ${src.ip}:${src.port}`);
+    }
+    switch (type) {
       case PM_MSG_REQ:
         this.counters.rxReq++;
-        return this.onReq(m, src, via);
+        return this.onReq(b, ipVersion, src, via);
       case PM_MSG_ACC:
         this.counters.rxAcc++;
-        return this.onAcc(m, src, via);
+        return this.onAcc(b, ipVersion, src, via);
       case PM_MSG_ACK:
         this.counters.rxAck++;
-        return this.onAck(m, src);
-      case PM_MSG_REJ:
+        return this.onAck(b, ipVersion, src);
+      default:
         this.counters.rxRej++;
-        return this.onRej(m);
+        return this.onRej(b, ipVersion);
     }
   }
 
   // Listening side ------------------------------------------------------------
 
-  private onReq(m: PeerReq, src: PeerEndpoint, via: number | undefined): void {
+  private onReq(b: Buffer, ipVersion: number, src: PeerEndpoint, via: number | undefined): void {
     const now = this.deps.now();
     const bucket = this.bucketFor(src.ip, now);
     if (bucket.tokens < 1) {
@@ -569,31 +704,38 @@ export class PeerEngine implements PeerPort {
     }
     bucket.tokens--;
 
-    const family = familyOf(m.ipVersion);
-    const ap: SockAddr = { family, port: m.apPort, ip: m.apIp, flowinfo: 0, scopeId: 0 };
+    const family = familyOf(ipVersion);
+    const apIp = copyIp(b, OFF_APIP, ipVersion);
+    const ap: SockAddr = { family, port: b.readUInt16BE(OFF_APPORT), ip: apIp, flowinfo: 0, scopeId: 0 };
     const listener = this.deps.lookup.findListener(ap);
-    let wire: SockAddr | undefined;
+    let wireIp: Buffer | undefined;
+    let wirePort = 0;
     if (listener) {
-      if (listener.wildcard) wire = { ...ap, port: listener.mapped.port };
-      else if (listener.mapped.family === family) wire = { ...listener.mapped, flowinfo: 0, scopeId: 0 };
+      wirePort = listener.mapped.port;
+      // wildcard listener: the IP as the peer addressed it; otherwise the mapped address
+      if (listener.wildcard) wireIp = apIp;
+      else if (listener.mapped.family === family) wireIp = listener.mapped.ip;
     }
-    if (!listener || !wire) {
-      this.sendCounted(src, encodePeerMessage(asReply(m, PM_MSG_REJ)), via, 'txRej');
-      if (this.log.debugEnabled) {
-        this.log.debug(`peer: REJ h=${m.assocHandle.toString(16)} to ${src.ip}:${src.port}: no listener at ${formatIp(ap)}:${ap.port}`);
-      }
+    if (!listener || !wireIp) {
+      this.sendCounted(src, replyFromRaw(b, PM_MSG_REJ), via, 'txRej');
+      if (this.log.debugEnabled) this.log.debug(`peer: REJ to ${src.ip}:${src.port}: no listener at ${formatIp(ap)}:${ap.port}`);
       return;
     }
 
-    let list = this.accepts.get(m.assocHandle);
+    const handle = b.readBigUInt64BE(OFF_HANDLE);
+    let list = this.accepts.get(handle);
     if (list) {
       for (const c of list) {
-        if (c.peerIp === src.ip && c.wirePort === wire.port && c.wireIp.equals(wire.ip)) {
+        if (c.peerIp === src.ip && c.wirePort === wirePort && c.wireIp.equals(wireIp)) {
           // A retransmitted REQ (our ACC or the peer's REQ got lost): the same ACC again.
           this.counters.reqDuplicate++;
           this.sendCounted(src, c.acc, via, 'txAccDuplicateReq');
           return;
         }
+      }
+      if (list.length >= this.limits.maxSameHandle) {
+        this.counters.reqCapDropped++;
+        return;
       }
     }
     if (this.liveAccepts >= this.limits.maxAccepts || bucket.live >= this.limits.maxAcceptsPerPeer) {
@@ -601,19 +743,15 @@ export class PeerEngine implements PeerPort {
       this.warn('cap', `peer: too many live ACCEPT conversations (${this.liveAccepts} total, ${bucket.live} from ${src.ip}); REQ dropped`);
       return;
     }
-    if (list && list.length >= this.limits.maxSameHandle) {
-      this.counters.reqCapDropped++;
-      return;
-    }
 
-    const acc = encodePeerMessage(asReply(m, PM_MSG_ACC, { apIp: wire.ip, apPort: wire.port }));
+    const acc = replyFromRaw(b, PM_MSG_ACC, { ip: wireIp, port: wirePort });
     const conv: AcceptConv = {
       kind: 'accept',
-      handle: m.assocHandle,
-      wirePort: wire.port,
-      wireIp: wire.ip,
+      handle,
+      wirePort,
+      wireIp,
       peerIp: src.ip,
-      src: { family: src.family, ip: src.ip, port: src.port },
+      src,
       via,
       acc,
       state: 'accepting',
@@ -621,39 +759,51 @@ export class PeerEngine implements PeerPort {
       giveUpAtMs: now + this.timing.acceptGiveUpMs,
       nextSendAtMs: now + this.timing.accFirstRetransmitMs,
       intervalMs: this.timing.accFirstRetransmitMs,
-      timerSeq: 0,
+      lingerUntilMs: 0,
+      dueAtMs: 0,
+      heapPos: -1,
     };
     if (!list) {
       list = [];
-      this.accepts.set(m.assocHandle, list);
+      this.accepts.set(handle, list);
     }
     list.push(conv);
     this.liveAccepts++;
     bucket.live++;
     this.counters.acceptsStarted++;
-    this.schedule(conv, Math.min(conv.nextSendAtMs, conv.giveUpAtMs));
+    this.heap.set(conv, Math.min(conv.nextSendAtMs, conv.giveUpAtMs));
 
     // REMOTE_INFO first: the kernel then knows the peer before its connection can arrive.
     this.counters.remoteInfos++;
     this.deps.events.remoteInfo({
       ownerClient: listener.ownerClient,
       localRaw: listener.localRaw,
-      remote: { family, port: m.cpPort, ip: m.cpIp, flowinfo: 0, scopeId: 0 },
+      remote: { family, port: b.readUInt16BE(OFF_CPPORT), ip: copyIp(b, OFF_CPIP, ipVersion), flowinfo: 0, scopeId: 0 },
       mappedLocalRaw: listener.mappedRaw,
-      mappedRemote: { family, port: m.mappedCpPort, ip: m.mappedCpIp, flowinfo: 0, scopeId: 0 },
+      // REQ `reserved` = the connecting peer's mapped port
+      mappedRemote: { family, port: b.readUInt16BE(2), ip: copyIp(b, OFF_MCPIP, ipVersion), flowinfo: 0, scopeId: 0 },
     });
     this.sendCounted(src, acc, via, 'txAcc');
-    if (this.log.debugEnabled) {
-      this.log.debug(`peer: ACC h=${m.assocHandle.toString(16)} to ${src.ip}:${src.port}: listener ${formatIp(wire)}:${wire.port}`);
-    }
   }
 
-  private onAck(m: PeerMessage, src: PeerEndpoint): void {
-    const all = this.accepts.get(m.assocHandle);
-    const list = all?.filter((c) => c.wirePort === m.apPort && c.wireIp.equals(m.apIp));
-    // Prefer the conversation of the ACK's sender; a multi-homed peer may ACK from another IP.
-    const conv =
-      list?.find((c) => c.peerIp === src.ip) ?? (list?.length === 1 ? list[0] : list?.find((c) => c.state === 'accepting'));
+  private onAck(b: Buffer, ipVersion: number, src: PeerEndpoint): void {
+    const list = this.accepts.get(b.readBigUInt64BE(OFF_HANDLE));
+    let conv: AcceptConv | undefined;
+    if (list) {
+      const apPort = b.readUInt16BE(OFF_APPORT);
+      const n = ipLen(ipVersion);
+      // Prefer the conversation of the ACK's sender; a multi-homed peer may ACK from another IP.
+      let other: AcceptConv | undefined;
+      for (const c of list) {
+        if (c.wirePort !== apPort || c.wireIp.length !== n || !sameBytes(b, OFF_APIP, c.wireIp, n)) continue;
+        if (c.peerIp === src.ip) {
+          conv = c;
+          break;
+        }
+        if (!other || (other.state !== 'accepting' && c.state === 'accepting')) other = c;
+      }
+      conv ??= other;
+    }
     if (!conv) {
       this.counters.ackStale++;
       return;
@@ -669,11 +819,12 @@ export class PeerEngine implements PeerPort {
   /** accepting → lingering: stop retransmitting, keep answering duplicate REQs for a while. */
   private endAccept(conv: AcceptConv, now: number): void {
     conv.state = 'lingering';
-    conv.timerSeq++;
+    this.heap.remove(conv);
     this.liveAccepts--;
     conv.bucket.live--;
-    this.lingering.push({ conv, untilMs: now + this.timing.acceptLingerMs });
-    while (this.lingering.size > this.limits.maxLingering) this.forgetAccept(this.lingering.shift()!.conv);
+    conv.lingerUntilMs = now + this.timing.acceptLingerMs;
+    this.lingering.push(conv);
+    while (this.lingering.size > this.limits.maxLingering) this.forgetAccept(this.lingering.shift()!);
   }
 
   private forgetAccept(conv: AcceptConv): void {
@@ -687,73 +838,110 @@ export class PeerEngine implements PeerPort {
 
   // Connecting side ------------------------------------------------------------
 
-  private onAcc(m: PeerMessage, src: PeerEndpoint, via: number | undefined): void {
-    const now = this.deps.now();
-    const q = this.queriesByHandle.get(m.assocHandle);
-    if (q && matchesLocal(q.local, m)) {
+  private onAcc(b: Buffer, ipVersion: number, src: PeerEndpoint, via: number | undefined): void {
+    const handle = b.readBigUInt64BE(OFF_HANDLE);
+    const q = this.queriesByHandle.get(handle);
+    if (q && matchesLocal(q.local, b, ipVersion)) {
+      const now = this.deps.now();
       this.finishQuery(q);
+      this.sampleRtt(q, now);
       this.counters.queriesAccepted++;
       const mappedRemote: SockAddr = {
         family: q.remote.family,
-        port: m.apPort,
-        ip: m.apIp,
+        port: b.readUInt16BE(OFF_APPORT),
+        ip: copyIp(b, OFF_APIP, ipVersion),
         // the same peer: keep the kernel's flowinfo and scope id (needed for link-local)
         flowinfo: q.remote.flowinfo,
         scopeId: q.remote.scopeId,
       };
-      q.queued = 1;
-      this.ackTrackers.set(q.handle, q);
-      this.trackerQueue.push({ t: q, atMs: now + this.timing.ackTrackerMs });
-      while (this.ackTrackers.size > this.limits.maxAckTrackers) this.expireTrackers(now, true);
+      // the query stays on as the ACK tracker
+      q.req = EMPTY;
+      q.trackerUntilMs = now + this.timing.ackTrackerMs;
+      this.ackTrackers.set(handle, q);
+      this.trackerQueue.push(q);
+      if (this.ackTrackers.size > this.limits.maxAckTrackers) this.expireTrackers(now, true);
       this.deps.events.queryDone(q.id, { kind: 'accepted', mappedRemote });
-      this.sendCounted(src, encodePeerMessage(asReply(m, PM_MSG_ACK)), via, 'txAck');
+      this.sendCounted(src, replyFromRaw(b, PM_MSG_ACK), via, 'txAck');
       return;
     }
-    const t = this.ackTrackers.get(m.assocHandle);
-    if (t && matchesLocal(t.local, m)) {
+    const t = this.ackTrackers.get(handle);
+    if (t && matchesLocal(t.local, b, ipVersion)) {
       // Our ACK got lost and the peer retransmitted its ACC: ACK again.
       this.counters.accDuplicate++;
-      t.queued++;
-      this.trackerQueue.push({ t, atMs: now + this.timing.ackTrackerMs });
-      this.sendCounted(src, encodePeerMessage(asReply(m, PM_MSG_ACK)), via, 'txAck');
+      t.trackerUntilMs = this.deps.now() + this.timing.ackTrackerMs;
+      t.trackerRefreshed = true;
+      this.sendCounted(src, replyFromRaw(b, PM_MSG_ACK), via, 'txAck');
       return;
     }
     this.counters.accStale++;
   }
 
-  private onRej(m: PeerMessage): void {
-    const q = this.queriesByHandle.get(m.assocHandle);
-    if (!q || !matchesLocal(q.local, m)) {
+  private onRej(b: Buffer, ipVersion: number): void {
+    const q = this.queriesByHandle.get(b.readBigUInt64BE(OFF_HANDLE));
+    if (!q || !matchesLocal(q.local, b, ipVersion)) {
       this.counters.rejStale++;
       return;
     }
-    this.finishQuery(q);
-    this.quarantineHandle(q.handle, this.deps.now());
+    const now = this.deps.now();
+    this.dropQuery(q, now);
+    this.sampleRtt(q, now);
     this.counters.queriesRejected++;
     this.deps.events.queryDone(q.id, { kind: 'rejected' });
   }
 
   private finishQuery(q: QueryConv): void {
-    q.timerSeq++;
+    this.heap.remove(q);
     this.queriesById.delete(q.id);
     this.queriesByHandle.delete(q.handle);
   }
 
   private dropQuery(q: QueryConv, now: number): void {
     this.finishQuery(q);
-    this.quarantineHandle(q.handle, now);
+    this.quarantine.add(q.handle, now + this.timing.handleQuarantineMs);
   }
 
-  /** Expire the trackers due at `now`; with `one`, the oldest live tracker whatever its time (cap). */
+  /** Expire the trackers due at `now`; with `one`, the oldest one whatever its time (cap). */
   private expireTrackers(now: number, one = false): void {
-    for (let e = this.trackerQueue.peek(); e && (one || e.atMs <= now); e = this.trackerQueue.peek()) {
-      this.trackerQueue.shift();
-      const t = e.t;
-      if (--t.queued > 0 || this.ackTrackers.get(t.handle) !== t) continue;
+    const queue = this.trackerQueue;
+    for (let t = queue.peek(); t; t = queue.peek()) {
+      if (this.ackTrackers.get(t.handle) !== t) {
+        queue.shift();
+        continue;
+      }
+      if (t.trackerRefreshed) {
+        // extended by a duplicate ACC since it was queued: to the back, in time order again
+        t.trackerRefreshed = false;
+        queue.shift();
+        queue.push(t);
+        continue;
+      }
+      if (!one && t.trackerUntilMs > now) return;
+      queue.shift();
       this.ackTrackers.delete(t.handle);
-      this.quarantineHandle(t.handle, now);
+      this.quarantine.add(t.handle, now + this.timing.handleQuarantineMs);
       if (one) return;
     }
+  }
+
+  // Round trip ----------------------------------------------------------------
+
+  private sampleRtt(q: QueryConv, now: number): void {
+    if (q.retransmitted) return;
+    const r = now - q.startedAtMs;
+    if (this.srttMs === 0) {
+      this.srttMs = Math.max(r, 0.001);
+      this.rttvarMs = r / 2;
+    } else {
+      this.rttvarMs = 0.75 * this.rttvarMs + 0.25 * Math.abs(this.srttMs - r);
+      this.srttMs = 0.875 * this.srttMs + 0.125 * r;
+    }
+  }
+
+  /** First retransmission timeout for a new REQ. */
+  private rtoMs(): number {
+    const t = this.timing;
+    if (this.srttMs === 0) return t.reqFirstRetransmitMs;
+    return Math.min(Math.max(this.srttMs + 4 * this.rttvarMs, t.reqFirstRetransmitMs), Math.max(t.reqMaxRtoMs, t.reqFirstRetransmitMs));
   }
 
   // Handles -------------------------------------------------------------------
@@ -765,13 +953,6 @@ export class PeerEngine implements PeerPort {
       if (h !== 0n && !this.queriesByHandle.has(h) && !this.ackTrackers.has(h) && !this.quarantine.has(h)) return h;
       this.counters.handleCollisions++;
     }
-  }
-
-  private quarantineHandle(h: bigint, now: number): void {
-    if (this.quarantine.has(h)) return;
-    this.quarantine.add(h);
-    this.quarantineQueue.push({ h, untilMs: now + this.timing.handleQuarantineMs });
-    while (this.quarantine.size > this.limits.maxQuarantinedHandles) this.quarantine.delete(this.quarantineQueue.shift()!.h);
   }
 
   // Rate limiting -------------------------------------------------------------
@@ -811,11 +992,6 @@ export class PeerEngine implements PeerPort {
 
   // Ticker --------------------------------------------------------------------
 
-  private schedule(conv: QueryConv | AcceptConv, at: number): void {
-    conv.timerSeq++;
-    this.heap.push({ at, seq: conv.timerSeq, conv });
-  }
-
   private defer(id: number, outcome: QueryOutcome): void {
     this.deferred.push({ id, outcome });
   }
@@ -826,22 +1002,8 @@ export class PeerEngine implements PeerPort {
    */
   nextDeadline(): number | undefined {
     if (this.deferred.length > 0) return this.deps.now();
-    let best: number | undefined;
-    const heap = this.heap;
-    while (heap.size > 0) {
-      const top = heap.peek()!;
-      if (top.seq === top.conv.timerSeq) {
-        best = top.at;
-        break;
-      }
-      heap.pop();
-    }
-    if (
-      this.ackTrackers.size > 0 ||
-      this.quarantine.size > 0 ||
-      this.lingering.size > 0 ||
-      this.buckets.size > 0
-    ) {
+    let best = this.heap.peek()?.dueAtMs;
+    if (this.ackTrackers.size > 0 || this.quarantine.size > 0 || this.lingering.size > 0 || this.buckets.size > 0) {
       const hk = this.lastHousekeepingMs + this.timing.housekeepingMs;
       best = best === undefined ? hk : Math.min(best, hk);
     }
@@ -859,11 +1021,9 @@ export class PeerEngine implements PeerPort {
       }
     }
     const heap = this.heap;
-    for (let e = heap.peek(); e && e.at <= now; e = heap.peek()) {
-      heap.pop();
-      if (e.seq !== e.conv.timerSeq) continue;
-      if (e.conv.kind === 'query') this.timeQuery(e.conv, now);
-      else this.timeAccept(e.conv, now);
+    for (let c = heap.peek(); c && c.dueAtMs <= now; c = heap.peek()) {
+      if (c.kind === 'query') this.timeQuery(c, now);
+      else this.timeAccept(c, now);
     }
     if (now - this.lastHousekeepingMs >= this.timing.housekeepingMs) this.housekeeping(now);
   }
@@ -878,14 +1038,15 @@ export class PeerEngine implements PeerPort {
     }
     if (now >= q.nextSendAtMs) {
       if (this.trySend(q.dest, q.req, undefined)) this.counters.txReqRetransmit++;
-      q.intervalMs = Math.min(q.intervalMs * this.timing.reqBackoff, this.timing.reqMaxIntervalMs);
+      q.retransmitted = true;
+      // back off up to reqMaxIntervalMs, or the current timeout when that is longer (slow peer)
+      q.intervalMs = Math.max(Math.min(q.intervalMs * this.timing.reqBackoff, this.timing.reqMaxIntervalMs), Math.min(q.intervalMs, this.rtoMs()));
       q.nextSendAtMs = now + q.intervalMs;
     }
-    this.schedule(q, Math.min(q.nextSendAtMs, q.giveUpAtMs));
+    this.heap.set(q, Math.min(q.nextSendAtMs, q.giveUpAtMs));
   }
 
   private timeAccept(c: AcceptConv, now: number): void {
-    if (c.state !== 'accepting') return;
     if (now >= c.giveUpAtMs) {
       this.counters.acceptsTimedOut++;
       this.endAccept(c, now);
@@ -896,20 +1057,17 @@ export class PeerEngine implements PeerPort {
       c.intervalMs = Math.min(c.intervalMs * this.timing.accBackoff, this.timing.accMaxIntervalMs);
       c.nextSendAtMs = now + c.intervalMs;
     }
-    this.schedule(c, Math.min(c.nextSendAtMs, c.giveUpAtMs));
+    this.heap.set(c, Math.min(c.nextSendAtMs, c.giveUpAtMs));
   }
 
   private housekeeping(now: number): void {
     this.lastHousekeepingMs = now;
     this.expireTrackers(now);
-    for (let l = this.lingering.peek(); l && l.untilMs <= now; l = this.lingering.peek()) {
+    for (let l = this.lingering.peek(); l && l.lingerUntilMs <= now; l = this.lingering.peek()) {
       this.lingering.shift();
-      this.forgetAccept(l.conv);
+      this.forgetAccept(l);
     }
-    for (let e = this.quarantineQueue.peek(); e && e.untilMs <= now; e = this.quarantineQueue.peek()) {
-      this.quarantineQueue.shift();
-      this.quarantine.delete(e.h);
-    }
+    this.quarantine.expire(now);
     this.sweepBuckets(now);
   }
 
@@ -946,6 +1104,8 @@ export class PeerEngine implements PeerPort {
     const c = this.counters;
     return {
       ...c,
+      srttMs: this.srttMs,
+      rtoMs: this.rtoMs(),
       rxMalformed: { ...c.rxMalformed },
       liveQueries: this.queriesById.size,
       liveAccepts: this.liveAccepts,
@@ -964,7 +1124,6 @@ export class PeerEngine implements PeerPort {
     this.ackTrackers.clear();
     this.trackerQueue.clear();
     this.quarantine.clear();
-    this.quarantineQueue.clear();
     this.accepts.clear();
     this.lingering.clear();
     this.liveAccepts = 0;

@@ -91,18 +91,37 @@ export class Service {
 
     const kernelPortId = kernelPort ?? 0;
     const rcvbufBytes = this.opts.config.nlSockRbufSize || DEFAULT_NL_RCVBUF_BYTES;
-    try {
-      this.nl = new this.native.NetlinkSocket(
+    const open = (portId: number): NetlinkSocket =>
+      new this.native.NetlinkSocket(
         {
           protocol: usersock ? NETLINK_USERSOCK : NETLINK_RDMA,
-          portId: 0,
+          portId,
           groups: 1 << (this.opts.nlGroup - 1),
           rcvbufBytes,
         },
         (batch) => this.onBatch(batch),
         (err) => log.warn(`netlink send failed${err.index !== undefined ? ` (datagram ${err.index})` : ''}: ${err.message}`),
       );
+    try {
+      // Port id = our pid, as rdma-core binds it. The kernel keeps the daemon's id in a
+      // signed int and ignores ids <= 0, so an autobound id of 2^31 or more would make
+      // it silently stop mapping: fall back to autobind only when that gives a usable id.
+      try {
+        this.nl = open(this.native.getpid());
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EADDRINUSE') throw e;
+        this.nl = open(0);
+        if (this.nl.portId >= 0x80000000) {
+          this.nl.close();
+          throw new StartupError(
+            `netlink port id ${this.native.getpid()} (our pid) is taken and the kernel offered ${this.nl.portId}, ` +
+              'which iw_cm cannot use (it must be below 2^31)',
+          );
+        }
+        log.warn(`netlink port id ${this.native.getpid()} is taken by another socket; using ${this.nl.portId}`);
+      }
     } catch (e) {
+      if (e instanceof StartupError) throw e;
       const err = e as Error & { code?: string };
       if (!usersock && (err.code === 'EPROTONOSUPPORT' || err.code === 'EAFNOSUPPORT')) {
         throw new StartupError(

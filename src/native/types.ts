@@ -134,6 +134,152 @@ export interface NetlinkSocketConstructor {
   ): NetlinkSocket;
 }
 
+export interface UdpSocketOptions {
+  /** 4 = AF_INET, 6 = AF_INET6. */
+  family: 4 | 6;
+  /**
+   * Local address to bind (an IP literal of `family`; IPv6 may carry a `%scope`
+   * suffix, interface name or index). Default: the wildcard (0.0.0.0 / ::).
+   */
+  address?: string;
+  /** Local port; 0 = an ephemeral port chosen by the kernel (read it back from `port`). */
+  port: number;
+  /**
+   * IPV6_V6ONLY, set explicitly either way (family 6 only; ignored for 4). Default true:
+   * the socket then leaves IPv4 to a family-4 socket on the same port. With false it
+   * also receives IPv4, with v4-mapped source addresses (::ffff:a.b.c.d), and sends to
+   * IPv4 peers given as v4-mapped addresses.
+   */
+  v6Only?: boolean;
+  /** Receive buffer request in bytes: SO_RCVBUFFORCE, falling back to SO_RCVBUF. 0/absent = leave default. */
+  rcvbufBytes?: number;
+  /** Send buffer request in bytes: SO_SNDBUFFORCE, falling back to SO_SNDBUF. 0/absent = leave default. */
+  sndbufBytes?: number;
+  /** Most datagrams drained per poll wakeup (recvmmsg vlen), 1..1024. Default 64. */
+  batchSize?: number;
+  /**
+   * Size of each receive slot in bytes (datagrams longer are truncated and flagged),
+   * 1..65536. Default 2048. The socket keeps batchSize * slotBytes bytes of receive slots.
+   */
+  slotBytes?: number;
+}
+
+/**
+ * One poll wakeup's worth of received datagrams (at most batchSize), delivered in
+ * one call, plus the receive-side errors seen while draining. All of it is freshly
+ * allocated for this call: keeping references to it is safe.
+ *
+ * Addresses use one 16-byte layout everywhere (here and in UdpSocket.send): IPv4 in
+ * bytes 0-3 (network order, bytes 4-15 zero), IPv6 all 16 bytes.
+ */
+export interface UdpBatch {
+  /** Number of datagrams in this batch (may be 0 when only `errors` is set). */
+  count: number;
+  /** Backing memory, datagrams packed back to back: datagram i is data.subarray(offsets[i], offsets[i] + lengths[i]). */
+  data: Buffer;
+  offsets: Uint32Array;
+  /** Bytes actually stored (<= slotBytes). */
+  lengths: Uint32Array;
+  /** 1 where the datagram was longer than its slot (MSG_TRUNC); lengths[i] is then slotBytes. */
+  truncated: Uint8Array;
+  /** Source port of each datagram. */
+  srcPorts: Uint16Array;
+  /** Source address of datagram i in srcAddrs[16*i, 16*i+16). */
+  srcAddrs: Buffer;
+  /** IPv6 scope id (interface index) of each source address; 0 for IPv4 and global addresses. */
+  scopeIds: Uint32Array;
+  /**
+   * Receive-side errors (negative errno values), oldest first. Normal on UDP: an ICMP
+   * port unreachable answering an earlier datagram shows up as -111 (ECONNREFUSED),
+   * ICMP host/net unreachable as -113/-101 (the socket sets IP_RECVERR/IPV6_RECVERR so
+   * the kernel reports them at all). They never stop polling.
+   */
+  errors: number[];
+  /**
+   * Parallel to `errors`: the destination the error is about (the address and port
+   * the failed datagram was sent to), same 16-byte layout; all zero (port 0) when
+   * the kernel gave none.
+   */
+  errorAddrs: Buffer;
+  errorPorts: Uint16Array;
+}
+
+export interface UdpSocketStats {
+  /** Datagrams received (truncated ones included). */
+  received: number;
+  /** Datagrams the kernel accepted, immediately or from the queue. */
+  sent: number;
+  /** Datagrams currently queued in the addon waiting for the socket to be writable. */
+  queued: number;
+  /** Receive-side errors (the entries of UdpBatch.errors). */
+  recvErrors: number;
+  /** Datagrams that failed for good (reported through onError). */
+  sendErrors: number;
+  truncated: number;
+}
+
+/**
+ * While open, the socket keeps the event loop alive and its JS object referenced
+ * (like a Node handle); close() releases both. If the environment goes away first
+ * (process exit, Worker exit or terminate()), an env cleanup hook closes it.
+ */
+export interface UdpSocket {
+  /** The bound local port (from getsockname). */
+  readonly port: number;
+  /** The effective receive buffer (getsockopt SO_RCVBUF, as the kernel reports it: twice the request). */
+  readonly rcvbufBytes: number;
+  /** The effective send buffer (getsockopt SO_SNDBUF). */
+  readonly sndbufBytes: number;
+  /**
+   * Send datagrams[i] to the address in addrs[16*i, 16*i+16) (layout as in UdpBatch),
+   * port ports[i], IPv6 scope id scopeIds[i] (absent = 0), with sendmmsg. addrs, ports
+   * and scopeIds may be longer than needed (only the first datagrams.length entries are
+   * read). Returns how many were sent immediately.
+   *
+   * - What cannot be sent now (EAGAIN: send buffer full; ENOBUFS) is copied into an
+   *   internal queue and sent in order when the socket is writable (ENOBUFS: retried
+   *   from a timer, 1 ms doubling to 64 ms); later send() calls queue behind it
+   *   (returning 0). Nothing is dropped silently; the caller may reuse its buffers.
+   * - A datagram that fails for good (e.g. EHOSTUNREACH, ENETUNREACH, EACCES for a
+   *   broadcast address, EINVAL for port 0 or an unroutable source) is counted in
+   *   stats().sendErrors and reported through onError with `index` = its position in
+   *   the send() call it came from and syscall "sendmmsg"; later datagrams are still
+   *   sent. onError runs synchronously inside send() for datagrams that fail right
+   *   away, later (from the loop) for queued ones. Failed datagrams are neither sent
+   *   nor queued.
+   * - An ICMP error for an earlier datagram is reported in a later UdpBatch.errors,
+   *   never as a failure of an unrelated datagram in send() (the kernel hands the
+   *   pending socket error to whichever send comes next; such a datagram is retried).
+   * - Like any UDP sender, a datagram the kernel accepted may still be dropped (by the
+   *   receiver's full buffer, the network): the peer protocol's retransmits cover it.
+   * - send() itself throws only for bad arguments (TypeError) or a closed socket (EBADF).
+   */
+  send(datagrams: readonly Uint8Array[], addrs: Uint8Array, ports: Uint16Array, scopeIds?: Uint32Array): number;
+  stats(): UdpSocketStats;
+  /** Stop polling and close the fd; datagrams still queued are discarded. Idempotent. */
+  close(): void;
+}
+
+export interface UdpSocketConstructor {
+  /**
+   * socket(AF_INET/AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC), IPV6_V6ONLY,
+   * IP_RECVERR/IPV6_RECVERR, buffers, bind (no SO_REUSEADDR), getsockname; starts a
+   * uv_poll on the current env's loop. Throws a SystemError-like Error (errno, code,
+   * syscall) on failure: EAFNOSUPPORT (syscall "socket") when the kernel has no IPv6
+   * (ipv6.disable=1), EADDRINUSE (syscall "bind") when the port is taken,
+   * EADDRNOTAVAIL (syscall "bind") for an address not on this host (e.g. ::1 with IPv6
+   * disabled by sysctl). Bad options throw TypeError.
+   *
+   * Callbacks run from the event loop (MakeCallback: microtasks and nextTicks run
+   * after each); an exception thrown by one becomes an uncaught exception.
+   */
+  new (
+    options: UdpSocketOptions,
+    onBatch: (batch: UdpBatch) => void,
+    onError: (err: Error & { errno?: number; code?: string; syscall?: string; index?: number }) => void,
+  ): UdpSocket;
+}
+
 /**
  * Result of a batched reservation: element i answers request i.
  * fds[i] >= 0 and errnos[i] == 0 on success; fds[i] == -1 and errnos[i] > 0 (positive errno) on failure.
@@ -146,6 +292,7 @@ export interface ReserveResult {
 
 export interface Native {
   NetlinkSocket: NetlinkSocketConstructor;
+  UdpSocket: UdpSocketConstructor;
 
   /**
    * Batched TCP port reservation: for each i, socket(families[i], SOCK_STREAM|SOCK_CLOEXEC, 0)

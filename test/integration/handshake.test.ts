@@ -3,7 +3,7 @@
  * the daemon's messages compared byte for byte with rdma-core's (spec 2.3, 3.1-3.2).
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { killAllDaemons } from '../sim/daemon-proc.js';
+import { DaemonProc, killAllDaemons } from '../sim/daemon-proc.js';
 import { KernelSim } from '../sim/kernel-sim.js';
 import { type Rig, X, expectBytes, expectClean, hOf, show, sleep, startRig, stopRig } from './helpers.js';
 
@@ -35,9 +35,10 @@ describe('handshake, ABI 4 kernel', () => {
     expect(sim.received.filter((e) => (e.header.type >> 10) === 3), 'client-3 messages on an ABI 4 kernel').toEqual([]);
     expect(sim.received.filter((e) => e.msg.op === 'mapinfo_req')).toHaveLength(1);
     expect(sim.received.filter((e) => e.msg.op === 'hello')).toHaveLength(1);
-    // The daemon runs and is healthy: a barrier is answered.
+    // The daemon runs and is healthy: a barrier is answered, nothing logged as an error.
     await sim.barrier();
     expectClean(sim);
+    expect(rig.daemon.grep(/\b(error|warn):/), rig.daemon.tail(20)).toEqual([]);
   });
 
   it('copes with the kernel sending the DONE before the HELLO reply (order seen under qemu)', async () => {
@@ -177,6 +178,25 @@ describe('handshake, ABI 3 kernel', () => {
       expect(a.reply.raw.length).toBe(296);
       expect(a.mapped.port).not.toBe(21004);
     }
+    expectClean(sim);
+  });
+});
+
+describe('kernel requests that arrive while the ABI is still being negotiated', () => {
+  it.each<[3 | 4]>([[4], [3]])('ABI %i: a REG_PID before the HELLO answer is answered with the version the kernel speaks', async (abi) => {
+    const sim = await KernelSim.create({ abi, group: GROUP, handshakeDelayMs: 400, replyTimeoutMs: 5000 });
+    const daemonP = DaemonProc.start({ kernelPort: sim.portId, group: GROUP });
+    await sim.waitFor((e) => e.header.type === 0x808, 15_000);
+    const regP = sim.regPid(); // reaches the daemon before the kernel's HELLO answer
+    const daemon = await daemonP;
+    rig = { sim, daemon, pid: 0, mapinfoReq: await sim.waitForMapinfoRequest(5000) };
+    const r = await regP;
+    expect(r.kind, `REG_PID during negotiation: ${r.kind}${r.kind === 'rejected-reply' ? `: ${r.reason}` : ''}\n${sim.describeLog()}`).toBe('ok');
+    if (r.kind === 'ok') {
+      expect(r.version).toBe(abi);
+      expectBytes(r.reply.raw, X.regPidReply(hOf(r.reply), r.seq, 'siw0', abi), 'RREG_PID');
+    }
+    expect((await sim.add('127.0.0.1:21006')).kind).toBe('ok');
     expectClean(sim);
   });
 });

@@ -153,6 +153,21 @@ export function localPort(): number {
   return localCursor;
 }
 
+/**
+ * `n` TCP ports above the ephemeral range that a plain bind can take right now (for
+ * mapinfo records the test writes itself: the daemon re-binds exactly these ports).
+ */
+let highCursor = 61_000 + ((process.pid * 13) % 2000);
+export function freeHighPorts(n: number): number[] {
+  const out: number[] = [];
+  for (let tries = 0; out.length < n && tries < 4 * n + 100; tries++) {
+    highCursor = highCursor >= 65_000 ? 61_000 : highCursor + 1;
+    if (rawBind(highCursor, 10) === 0) out.push(highCursor);
+  }
+  if (out.length < n) throw new Error(`only ${out.length} of ${n} free ports above 61000`);
+  return out;
+}
+
 /** A TCP port that is free right now (bind 0, close). */
 export async function freeTcpPort(): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -56,6 +56,10 @@ describe('QUERY_MAPPING against our own listener (peer side over UDP to ourselve
     expect(ri.raw.length).toBe(560);
     expectBytes(ri.raw, X.remoteInfo(hOf(ri), listener, local, withPortRaw(listener, M), withPortRaw(local, MQ)), 'REMOTE_INFO');
     expect(sim.remoteInfos).toHaveLength(1);
+    // The -22 DONE for REMOTE_INFO is normal: not counted as a kernel rejection.
+    await sim.barrier();
+    const stats = rig.daemon.ctl('show', 'stats') as { daemon: { kernelRejected: number } };
+    expect(stats.daemon.kernelRejected).toBe(0);
     expectClean(sim);
   });
 

@@ -17,6 +17,7 @@ import {
   expectBytes,
   expectClean,
   expectReleased,
+  freeHighPorts,
   hOf,
   holdPort,
   localPort,
@@ -128,10 +129,12 @@ describe('replay details', () => {
   it('a record colliding with another record of the same local address: HANDLE_ERR 12 seq 0, not counted; the rest processed', async () => {
     const sim = await KernelSim.create({ abi: 4, group: GROUP, replyTimeoutMs: 5000 });
     const L = localPort();
-    const m1 = 40000 + (L % 10000);
+    const free = freeHighPorts(7);
+    const m1 = free[0]!;
+    const m1b = free[1]!;
     sim.addMapinfoRecord(sa4('127.0.0.1', L), sa4('127.0.0.1', m1));
-    sim.addMapinfoRecord(sa4('127.0.0.1', L), sa4('127.0.0.1', m1 + 1)); // same local, other mapped port
-    const others = Array.from({ length: 5 }, (_, i) => [sa4('127.0.0.1', localPort()), m1 + 2 + i] as const);
+    sim.addMapinfoRecord(sa4('127.0.0.1', L), sa4('127.0.0.1', m1b)); // same local, other mapped port
+    const others = Array.from({ length: 5 }, (_, i) => [sa4('127.0.0.1', localPort()), free[2 + i]!] as const);
     for (const [l, m] of others) sim.addMapinfoRecord(l, withPortRaw(l, m));
     const r = await startRig({ group: GROUP, sim });
     rigs.push(r);
@@ -141,8 +144,28 @@ describe('replay details', () => {
     const errs = sim.received.filter((e) => e.msg.op === 'handle_err');
     expect(errs.map((e) => (e.msg.op === 'handle_err' ? [e.msg.seqAttr, e.msg.code] : []))).toEqual([[0, 12]]);
     expect(rawBind(m1)).toBe(EADDRINUSE);
-    expect(rawBind(m1 + 1)).toBe(0);
+    expect(rawBind(m1b)).toBe(0);
     for (const [, m] of others) expect(rawBind(m), `port ${m} of a later record`).toBe(EADDRINUSE);
+  });
+
+  it('a replay over the kernel limit (20 datagrams, about 240 records): no MAPINFO_NUM, what came is re-bound, the daemon serves on', async () => {
+    const sim = await KernelSim.create({ abi: 4, group: GROUP, replyTimeoutMs: 5000 });
+    const ports = freeHighPorts(300);
+    for (const m of ports) sim.addMapinfoRecord(sa4('127.0.0.1', localPort()), sa4('127.0.0.1', m));
+    const r = await startRig({ group: GROUP, sim });
+    rigs.push(r);
+    const rep = await waitReplay(sim, 0);
+    expect(rep.truncated).toBe(true);
+    expect(rep.numSeq).toBeUndefined();
+    expect(rep.datagrams).toHaveLength(20);
+    const sent = 20 * 12;
+    expect(r.mapinfoReq.answer).toEqual({ kind: 'done', status: -12 });
+    await sim.barrier();
+    for (const m of ports.slice(0, sent)) expect(rawBind(m), `port ${m}`).toBe(EADDRINUSE);
+    for (const m of ports.slice(sent)) expect(rawBind(m), `port ${m} was never replayed`).toBe(0);
+    const a = await sim.add(`127.0.0.1:${localPort()}`);
+    expect(a.kind).toBe('ok');
+    expectClean(sim);
   });
 
   it('ABI 3 replay (no FLAGS, 280-byte records) after a restart', async () => {

@@ -620,8 +620,9 @@ quirk_replay_batches() {
   if [ "$ok" = 1 ]; then result PASS "$g.replay-batches" "$detail"; else result FAIL "$g.replay-batches" "$detail; problems:$why"; fi
 }
 
-# SIGSTOP the daemon: every listen/connect waits for the kernel's 10 s timeout;
-# SIGCONT: the late answers are dropped by the kernel, the daemon carries on
+# SIGSTOP the daemon: every listen/connect waits for the kernel's 10 s timeout.
+# The stopped daemon is then SIGKILLed, not resumed (see quirk_late_reply for
+# why), and a fresh daemon takes over.
 quirk_hung_daemon() {
   local g=$1 kind=$2 d=$R/$1 ok=1 why=""
   mark "$g.hung"
@@ -630,30 +631,72 @@ quirk_hung_daemon() {
   rping_pair "$d" hung-warmup 7500 3   # registers the daemon (REG_PID)
   kill -STOP "$DPID"
   mark "$g.hung.2"
-  local t1 t2; t1=$(date +%s%N)
+  local t1 t2; t1=$(now_ms)
   rping_pair "$d" hung 7501 3 40 60
-  t2=$(date +%s%N)
-  local el=$(( (t2 - t1) / 1000000 ))
-  kill -CONT "$DPID"
-  sleep 3
-  local mp=""
-  [ "$kind" = ours ] && mp=$(mappings "$d" hung-after)
-  mark "$g.hung.3"
-  rping_pair "$d" hung-after 7502 3
-  sleep 1
+  t2=$(now_ms)
+  local el=$(( t2 - t1 )) r1="$RP_CRC/$RP_SRC/$RP_PINGS"
+  kill -KILL "$DPID"; wait_exit "$SPID" 10 || stop_bg "$SPID"; rm -f "$CTL"
   dmesg_since "$g.hung.2" > "$d/dmesg-hung.txt"
+  mark "$g.hung.3"
+  start_daemon "$kind" "$d" hung2
+  wait_ready "$g.hung.3" || why+=" new daemon not ready;"
+  rping_pair "$d" hung-after 7502 3
+  local r2="$RP_CRC/$RP_SRC/$RP_PINGS"
+  sleep 1
   dmesg_since "$g.hung.3" > "$d/dmesg-hung-after.txt"
   local nto; nto=$(count 'iwpm_wait_complete_req: Timeout 10 sec' "$d/dmesg-hung.txt")
-  local nlate; nlate=$(count 'Could not find a matching request' "$d/dmesg-hung.txt")
-  decode "$d" hung
-  grep -A3 -E ' out nl  0x080[12] ' "$d/nl-hung.txt" | tail -12 > "$d/hung-late-replies.txt"
-  [ "$RP_CRC" = 0 ] && [ "$RP_PINGS" = 3 ] || { ok=0; why+=" connection after SIGCONT failed (rc $RP_CRC, $RP_PINGS pings);"; }
+  [ "$r1" = 0/0/3 ] || { ok=0; why+=" rping while the daemon was stopped: $r1;"; }
+  [ "$r2" = 0/0/3 ] || { ok=0; why+=" rping with the new daemon: $r2;"; }
   [ "$nto" -ge 2 ] || { ok=0; why+=" $nto kernel timeouts while stopped (want listen + connect);"; }
-  grep -q 'query_mapping: Remote sockaddr: IPV4 192.0.2.1: 7502' "$d/dmesg-hung-after.txt" || { ok=0; why+=" not mapped after SIGCONT;"; }
-  alive "$DPID" || { ok=0; why+=" daemon died;"; }
+  [ "$el" -ge 10000 ] || { ok=0; why+=" rping pair took only $el ms while the daemon was stopped;"; }
+  grep -q 'add_mapping: Local sockaddr: IPV4 192.0.2.1: 7502' "$d/dmesg-hung-after.txt" || { ok=0; why+=" listener not mapped by the new daemon;"; }
+  grep -q 'Timeout' "$d/dmesg-hung-after.txt" && { ok=0; why+=" timeouts with the new daemon;"; }
+  local errs; errs=$(kerrors "$d/dmesg-hung-after.txt" | grep -v 'Received a Reject')
+  [ -z "$errs" ] || { ok=0; why+=" kernel errors: $(echo "$errs" | head -3 | tr '\n' '|');"; }
+  alive "$DPID" || { ok=0; why+=" new daemon died;"; }
   stop_daemon
-  local detail="daemon stopped: rping pair took ${el} ms (client rc ${RP_CRC}), kernel 'Timeout 10 sec' x$nto, late replies dropped by the kernel ('Could not find a matching request') x$nlate; after SIGCONT the next connection is mapped normally${mp:+; our table after SIGCONT: ${mp%% *}}"
+  local detail="daemon SIGSTOPped: rping pair took ${el} ms, rc/pings $r1, kernel 'Timeout 10 sec for netlink request' x$nto, connections proceed unmapped; stopped daemon SIGKILLed, new daemon maps again (rping $r2)"
   if [ "$ok" = 1 ]; then result PASS "$g.hung-daemon" "$detail"; else result FAIL "$g.hung-daemon" "$detail; problems:$why"; fi
+}
+
+# SIGSTOP, let the kernel time out (10 s) on ADD and QUERY, then SIGCONT. A
+# daemon that answers those requests now hands the 6.1 kernel a reply whose
+# request object still sits in iwpm_nlmsg_req_list (its refcount never drops
+# to zero) with req_buffer pointing into the dead stack frame of iw_cm_map():
+# iwpm_add_mapping_cb / iwpm_add_and_query_mapping_cb then read and write a
+# stale kernel stack (observed: Oops in iwpm_compare_sockaddr). PASS = the
+# daemon sent no reply to a timed-out request and the kernel did not oops.
+# Opt-in groups "late-reply" / "late-reply-ref"; run them last (an Oops
+# poisons the rest of the boot).
+quirk_late_reply() {
+  local g=$1 kind=$2 d=$R/$1 ok=1 why=""
+  mkdir -p "$d"
+  mark "$g.late"
+  start_daemon "$kind" "$d" late
+  wait_ready "$g.late" || { result FAIL "$g.late-reply" "daemon not ready"; stop_daemon; return; }
+  rping_pair "$d" late-warmup 7520 3
+  kill -STOP "$DPID"
+  mark "$g.late.2"
+  rping_pair "$d" late 7521 3 40 60
+  local r1="$RP_CRC/$RP_SRC/$RP_PINGS"
+  kill -CONT "$DPID"
+  sleep 5
+  dmesg_since "$g.late.2" > "$d/dmesg-late.txt"
+  decode "$d" late
+  local seqs; seqs=$(grep -o 'Timeout 10 sec for netlink request (seq = [0-9]*' "$d/dmesg-late.txt" | grep -o '[0-9]*$' | tr '\n' ' ')
+  local late="" q
+  for q in $seqs; do
+    grep -E " out nl  0x080[012] .*\[1\]=u32:$q( |$)" "$d/nl-late.txt" >> "$d/late-replies.txt" && late+="$q "
+  done
+  local oops=no
+  grep -Eq 'BUG:|Oops|general protection' "$d/dmesg-late.txt" && oops=yes
+  [ -n "$seqs" ] || { ok=0; why+=" the kernel did not time out;"; }
+  [ -z "$late" ] || { ok=0; why+=" replies sent to timed-out requests (seq $late);"; }
+  [ "$oops" = no ] || { ok=0; why+=" kernel oops;"; }
+  alive "$DPID" || { ok=0; why+=" daemon died;"; }
+  local detail="timed-out kernel requests: seq ${seqs:-none}; late replies sent: ${late:-none}; kernel oops: $oops; rping while stopped $r1"
+  if [ "$ok" = 1 ]; then result PASS "$g.late-reply" "$detail"; else result FAIL "$g.late-reply" "$detail; problems:$why"; fi
+  if alive "$DPID"; then stop_daemon; else kill -KILL "$SPID" 2>/dev/null; DPID="" SPID=""; fi
 }
 
 # SIGKILL without restart: the next unicast fails, the kernel forgets the daemon
@@ -689,7 +732,7 @@ quirk_dead_daemon() {
   grep -q 'query_mapping: Remote sockaddr: IPV4 192.0.2.1: 7513' "$d/dmesg-dead-recovered.txt" || { ok=0; why+=" not mapped with the new daemon;"; }
   alive "$DPID" || { ok=0; why+=" new daemon died;"; }
   stop_daemon
-  local first; first=$(grep -o 'iwpm_[a-z_]*: Unable to send a nlmsg[^\n]*' "$d/dmesg-dead.txt" | head -2 | tr '\n' '|')
+  local first; first=$(grep -o 'iwpm_[a-z_]*: Unable to send a nlmsg.*' "$d/dmesg-dead.txt" | head -2 | tr '\n' '|')
   local detail="after SIGKILL: first pair ${el1} ms ($first), rping $r1; next pair: no iwpm traffic at all, rping $r2; new daemon: REG_PID again, mapped, rping $r3"
   if [ "$ok" = 1 ]; then result PASS "$g.dead-daemon" "$detail"; else result FAIL "$g.dead-daemon" "$detail; problems:$why"; fi
 }
@@ -706,6 +749,8 @@ if setup; then
       compare) group_compare ;;
       quirks) group_quirks quirks ours ;;
       quirks-ref) group_quirks quirks-ref ref ;;
+      late-reply) quirk_late_reply late-reply ours ;;
+      late-reply-ref) quirk_late_reply late-reply-ref ref ;;
       *) result FAIL "$grp" "unknown scenario group" ;;
     esac
   done

@@ -128,6 +128,31 @@ export class NetnsPair {
   }
 }
 
+/** One namespace with only loopback; `ipv6: false` disables IPv6 in it (sysctl). */
+export class SingleNetns {
+  readonly name: string;
+  private created = false;
+
+  constructor(tag: string) {
+    this.name = `${NS_PREFIX}${process.pid}-${tag}`;
+  }
+
+  create(o: { ipv6: boolean }): void {
+    sweepStale();
+    run(['ip', 'netns', 'add', this.name]);
+    this.created = true;
+    if (!o.ipv6) {
+      for (const k of ['all', 'default', 'lo']) nsExec(this.name, ['sysctl', '-qw', `net.ipv6.conf.${k}.disable_ipv6=1`]);
+    }
+    nsExec(this.name, ['ip', 'link', 'set', 'lo', 'up']);
+  }
+
+  destroy(): void {
+    if (this.created) spawnSync('ip', ['netns', 'del', this.name]);
+    this.created = false;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // The simulator child.
 

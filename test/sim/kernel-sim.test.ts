@@ -255,6 +255,18 @@ describe('KernelSim against a hand-driven daemon socket', () => {
     expect((await d.next()).data.readUInt16LE(4)).toBe(0x808);
   });
 
+  it('handshakeDelayMs holds back the HELLO answer (state changes at once)', async () => {
+    sim.close();
+    sim = await KernelSim.create({ abi: 4, group: GROUP, handshakeDelayMs: 300 });
+    const t0 = Date.now();
+    d.send(sim, nlmsg(d.h(8), a16(1, 4)));
+    await d.quiet(150);
+    expect(sim.userPid).toBe(d.portId);
+    expect((await d.next()).data.readUInt16LE(4)).toBe(0x808);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
+    expectBytes((await d.next()).data, done(0, d.portId, 0));
+  });
+
   it('ABI 3: HELLO gets NLMSG_ERROR(-EINVAL) with the original message (44 bytes), no DONE', async () => {
     sim.close();
     sim = await KernelSim.create({ abi: 3, group: GROUP });

@@ -123,6 +123,12 @@ export interface KernelSimOptions {
   /** Replay datagram budget (bytes) and count limit, as iwpm_send_mapinfo. */
   mapinfoGoodSize?: number;
   mapinfoMaxDatagrams?: number;
+  /**
+   * Hold back the kernel's answer to a daemon HELLO (HELLO reply or NLMSG_ERROR, and the
+   * DONE) by this many ms, so that kernel requests reach a daemon still negotiating.
+   * The state change itself is immediate. Default 0.
+   */
+  handshakeDelayMs?: number;
   /** Receive buffer of the simulator's socket. Default 8 MiB. */
   rcvbufBytes?: number;
   /** Defaults for REG_PID: netdev and RDMA device names. */
@@ -552,6 +558,7 @@ export class KernelSim {
       mapinfoGoodSize: opts.mapinfoGoodSize ?? NLMSG_GOODSIZE_4K,
       mapinfoMaxDatagrams: opts.mapinfoMaxDatagrams ?? IWPM_MAPINFO_SKB_COUNT,
       rcvbufBytes: opts.rcvbufBytes ?? 8 * 1024 * 1024,
+      handshakeDelayMs: opts.handshakeDelayMs ?? 0,
       ifname: opts.ifname ?? 'eth0',
       ibdev: opts.ibdev ?? 'siw0',
     };
@@ -952,6 +959,8 @@ export class KernelSim {
       b.resolve?.({ kind: 'timeout', seq: b.seq, closed: true });
     }
     this.barriers.clear();
+    for (const t of this.delayed) clearTimeout(t);
+    this.delayed.clear();
     for (const s of this.spoofers) s.close();
     this.sock?.close();
   }
@@ -1105,7 +1114,7 @@ export class KernelSim {
     else if (opcode >= maxOps) refuse = `op ${opcode} >= ${maxOps} ops of ABI ${this.opts.abi}`;
     else if (opcode === OP.REMOVE_MAPPING) refuse = 'REMOVE_MAPPING has no kernel callback';
     if (refuse) {
-      out.push({ dest: sender, data: this.nlAck(raw, header, sender, -EINVAL) });
+      this.answerOut(out, header, [{ dest: sender, data: this.nlAck(raw, header, sender, -EINVAL) }]);
       const logged: DaemonMsg = msg.op === 'refused' ? msg : { op: 'refused', client, opcode, reason: refuse };
       const expectedRefusal =
         this.opts.abi === 3 && ((client === RDMA_NL_IWCM && opcode === OP.HELLO) || (client === RDMA_NL_C4IW && opcode === OP.MAPINFO));
@@ -1120,8 +1129,7 @@ export class KernelSim {
     const side: { dest: number; data: Buffer; groups?: number }[] = [];
     const { status, rejected, answered } = this.handle(msg, header, sender, side);
     const done = encodeDone(header.seq, sender, status);
-    if (this.opts.doneTiming === 'before-handler') out.push({ dest: sender, data: done }, ...side);
-    else out.push(...side, { dest: sender, data: done });
+    this.answerOut(out, header, this.opts.doneTiming === 'before-handler' ? [{ dest: sender, data: done }, ...side] : [...side, { dest: sender, data: done }]);
     const entry = this.log({ ...base, answer: { kind: 'done', status }, answered }, rejected);
     if (entry.msg.op === 'remote_info' && !rejected) {
       const m = entry.msg;
@@ -1133,6 +1141,21 @@ export class KernelSim {
   }
 
   private pendingResolution?: (e: ReceivedEntry) => void;
+  private readonly delayed = new Set<NodeJS.Timeout>();
+
+  /** Queue what answers one message; answers to HELLO may be held back (handshakeDelayMs). */
+  private answerOut(out: { dest: number; data: Buffer; groups?: number }[], header: ReceivedEntry['header'], items: { dest: number; data: Buffer; groups?: number }[]): void {
+    const delay = (header.type & 0x3ff) === OP.HELLO ? this.opts.handshakeDelayMs : 0;
+    if (!delay) {
+      out.push(...items);
+      return;
+    }
+    const t = setTimeout(() => {
+      this.delayed.delete(t);
+      if (!this.closed) this.flush(items);
+    }, delay);
+    this.delayed.add(t);
+  }
 
   /** NLMSG_ERROR as netlink_ack builds it (no NETLINK_CAP_ACK: the whole message echoed on error). */
   private nlAck(raw: Buffer, header: ReceivedEntry['header'], sender: number, errno: number): Buffer {

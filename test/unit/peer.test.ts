@@ -130,7 +130,7 @@ describe('PeerEngine: connecting side', () => {
     h.engine.startQuery(query(1));
     expect(h.sent).toHaveLength(1);
     const req = h.sent[0]!;
-    expect(req.dest).toEqual({ family: 4, ip: B_IP, port: 3935 });
+    expect(req.dest).toEqual({ family: 4, ip: B_IP, port: 3935, raw: parseIp(B_IP).ip });
     expect(req.via).toBeUndefined(); // the client socket
     // exactly the spec §5.3 REQ
     expect(req.bytes.toString('hex')).toBe(
@@ -214,14 +214,14 @@ describe('PeerEngine: connecting side', () => {
     h.runUntil(h.clock.t + 20_000);
     const reqs = h.sent.filter((s) => s.msg.type === PM_MSG_REQ);
     const times = reqs.map((s) => s.at - 1000);
-    // first retransmission after 150 ms, then growing intervals up to 500 ms
-    expect(times.slice(0, 5)).toEqual([0, 150, 375, 712.5, 1212.5]);
+    // first retransmission after 150 ms, then growing intervals up to 250 ms
+    expect(times.slice(0, 5)).toEqual([0, 150, 375, 625, 875]);
     for (let i = 1; i < times.length; i++) {
       const gap = times[i]! - times[i - 1]!;
       expect(gap).toBeGreaterThanOrEqual(150);
-      expect(gap).toBeLessThanOrEqual(500);
+      expect(gap).toBeLessThanOrEqual(250);
     }
-    expect(reqs.length).toBeGreaterThanOrEqual(18);
+    expect(reqs.length).toBeGreaterThanOrEqual(30);
     // every copy is byte-identical (same handle: a retransmission, not a new request)
     for (const r of reqs) expect(r.bytes.equals(reqs[0]!.bytes)).toBe(true);
     expect(h.events.done).toHaveLength(1);
@@ -233,6 +233,36 @@ describe('PeerEngine: connecting side', () => {
     // a late ACC after the give-up is ignored
     h.engine.receive(encodePeerMessage(asReply(reqs[0]!.msg, PM_MSG_ACC)), peerB, 1);
     expect(h.events.done).toHaveLength(1);
+  });
+
+  it('the first retransmission timeout follows the measured round trip (Karn: retransmitted queries are not sampled)', () => {
+    const h = single();
+    expect(h.engine.stats().rtoMs).toBe(DEFAULT_PEER_TIMING.reqFirstRetransmitMs);
+    // a peer answering after 50 or 140 ms (jittery, but always before the 150 ms timer)
+    for (let i = 0; i < 40; i++) {
+      h.engine.startQuery(query(i, 1000 + i));
+      const req = h.sent[h.sent.length - 1]!.msg;
+      h.clock.t += i % 2 ? 140 : 50;
+      h.engine.receive(encodePeerMessage(asReply(req, PM_MSG_ACC, { apPort: 9 })), peerB, 1);
+    }
+    const { srttMs, rtoMs } = h.engine.stats();
+    expect(srttMs).toBeGreaterThan(60);
+    expect(srttMs).toBeLessThan(130);
+    expect(rtoMs).toBeGreaterThan(200);
+    expect(rtoMs).toBeLessThanOrEqual(DEFAULT_PEER_TIMING.reqMaxRtoMs);
+    expect(h.engine.stats().txReqRetransmit).toBe(0);
+    // a new unanswered query waits that long before its first retransmission
+    const before = h.sent.length;
+    const t0 = h.clock.t;
+    h.engine.startQuery(query(99, 2000));
+    h.runUntil(t0 + rtoMs - 1);
+    expect(h.sent.length).toBe(before + 1);
+    h.runUntil(t0 + rtoMs);
+    expect(h.sent.length).toBe(before + 2);
+    // answers to retransmitted queries do not change the estimate
+    h.clock.t += 3000;
+    h.engine.receive(encodePeerMessage(asReply(h.sent[before]!.msg, PM_MSG_ACC)), peerB, 1);
+    expect(h.engine.stats().srttMs).toBe(srttMs);
   });
 
   it('give-up time is configurable and must stay below the kernel wait', () => {
@@ -281,7 +311,7 @@ describe('PeerEngine: connecting side', () => {
     const remote: SockAddr = { ...parseIp('fe80::20', 5000), scopeId: 3, flowinfo: 0x12345 };
     h.engine.startQuery({ id: 9, local: parseIp('fe80::10', 40000), mapped: parseIp('fe80::10', 40001), remote });
     const req = h.sent[0]!;
-    expect(req.dest).toEqual({ family: 6, ip: 'fe80::20', port: 3935, scopeId: 3 });
+    expect(req.dest).toEqual({ family: 6, ip: 'fe80::20', port: 3935, scopeId: 3, raw: parseIp('fe80::20').ip });
     expect(req.bytes[0]).toBe(0x06);
     expect(req.bytes.length).toBe(64);
     h.engine.receive(encodePeerMessage(asReply(req.msg, PM_MSG_ACC, { apPort: 33333 })), { family: 6, ip: 'fe80::20%eth0', port: 3935 }, 3);

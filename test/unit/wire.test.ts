@@ -7,9 +7,12 @@ import {
   PM_MSG_REQ,
   PM_REQ_SIZE,
   type PeerMessage,
+  WIRE_REJECT_KINDS,
   asReply,
+  classifyPeerDatagram,
   decodePeerMessage,
   encodePeerMessage,
+  replyFromRaw,
 } from '../../src/codec/wire.js';
 
 /** Hex dump lines "00: 04 00 ..." (comments after the 16 bytes are ignored) → bytes. */
@@ -340,5 +343,47 @@ describe('wire codec: properties', () => {
       }
     }
     expect(accepted).toBeGreaterThan(1000);
+  });
+});
+
+describe('wire codec: raw fast paths agree with decode/encode', () => {
+  it('classifyPeerDatagram accepts exactly what decodePeerMessage accepts, with the same reason', () => {
+    const r = rng(7);
+    for (let i = 0; i < 30_000; i++) {
+      const len = r() < 0.8 ? (r() < 0.5 ? 48 : 64) : Math.floor(r() * 100);
+      const b = randomBytes(r, len);
+      if (r() < 0.7 && len > 0) b[0] = (b[0]! & 0x30) | (r() < 0.5 ? 4 : 6) | (r() < 0.1 ? 0x40 : 0);
+      const c = classifyPeerDatagram(b);
+      const d = decodePeerMessage(b);
+      if (d.ok) {
+        if (c !== ((d.msg.type << 4) | d.msg.ipVersion)) throw new Error(`classify ${c} for ${b.toString('hex')}`);
+      } else if (c >= 0 || WIRE_REJECT_KINDS[-c - 1] !== d.kind) {
+        throw new Error(`classify ${c} but decode says ${d.kind} for ${b.toString('hex')}`);
+      }
+    }
+  });
+
+  it('replyFromRaw == encode(asReply(decode(raw))) for REJ/ACC from REQs and ACK from ACCs, garbage included', () => {
+    const r = rng(11);
+    for (let i = 0; i < 10_000; i++) {
+      const m = randomMessage(r);
+      const raw = encodePeerMessage(m);
+      if (m.ipVersion === 4) for (const off of [16, 32, 48]) if (off < raw.length) raw.fill(0xa5, off + 4, off + 16);
+      const d = decodePeerMessage(raw);
+      if (!d.ok) throw new Error('undecodable');
+      const ap = { ip: randomBytes(r, m.ipVersion === 4 ? 4 : 16), port: Math.floor(r() * 65536) };
+      for (const t of [PM_MSG_ACC, PM_MSG_ACK, PM_MSG_REJ] as const) {
+        const want = encodePeerMessage(asReply(d.msg, t, t === PM_MSG_ACC ? { apIp: ap.ip, apPort: ap.port } : {}));
+        const got = replyFromRaw(raw, t, t === PM_MSG_ACC ? ap : undefined);
+        if (!got.equals(want)) throw new Error(`type ${t}: ${got.toString('hex')} != ${want.toString('hex')}`);
+      }
+    }
+  });
+
+  it('the spec §5.3 ACC and REJ from the spec REQ', () => {
+    expect(replyFromRaw(SPEC_REQ, PM_MSG_ACC, { ip: ip4('192.168.1.20'), port: 33333 }).equals(SPEC_ACC)).toBe(true);
+    const ack = replyFromRaw(SPEC_ACC, PM_MSG_ACK);
+    expect(ack[0]).toBe(0x24);
+    expect(ack.subarray(1).equals(SPEC_ACC.subarray(1))).toBe(true);
   });
 });
