@@ -224,7 +224,12 @@ class CpuMeter {
   }
   result() {
     if (this.wall === undefined) return undefined;
-    return { daemonPct: Math.round((100 * this.d) / this.wall), benchPct: Math.round((100 * this.g) / this.wall) };
+    return {
+      daemonPct: Math.round((100 * this.d) / this.wall),
+      benchPct: Math.round((100 * this.g) / this.wall),
+      daemonMs: this.d,
+      benchMs: this.g,
+    };
   }
 }
 
@@ -260,6 +265,8 @@ async function session(which, tag, fn) {
     const list = Array.isArray(res) ? res : [res];
     list.forEach((r, i) => {
       r.cpu = meters[i]?.result();
+      // CPU time the daemon spent per answered request: robust against a busy machine
+      if (r.cpu && r.ops > 0) r.cpu.daemonUsPerOp = (r.cpu.daemonMs * 1000) / r.ops;
       r.pid = d.pid;
     });
     list[list.length - 1].kernel = k.stats();
@@ -374,6 +381,7 @@ function aggregate(runs) {
     rejectedTotal: ok.reduce((n, r) => n + (r.rejected ?? 0), 0),
     unfinished: ok.map((r) => r.unfinished ?? 0),
     daemonCpu: median(ok.map((r) => r.cpu?.daemonPct)),
+    usPerOp: median(ok.map((r) => r.cpu?.daemonUsPerOp)),
     benchCpu: median(ok.map((r) => r.cpu?.benchPct)),
   };
 }
@@ -422,7 +430,7 @@ function report(results, m, command) {
     const hdr = ['daemon', wl.unit, 'p50', 'p99', 'p99.9', 'max'];
     if (isQuery) hdr.push('timeouts/run', 'rejects/run');
     if (w === 'held') hdr.push('fill rate', 'fill time');
-    hdr.push('errors', 'CPU daemon / bench');
+    hdr.push('errors', 'CPU daemon / bench', 'daemon CPU per op');
     lines.push(`| ${hdr.join(' | ')} |`);
     lines.push(`|${hdr.map(() => '---').join('|')}|`);
     const agg = {};
@@ -446,6 +454,7 @@ function report(results, m, command) {
       if (g.failed) errs.push(`${g.failed} run(s) failed`);
       row.push(errs.join(', ') || '0');
       row.push(`${fmtPct(g.daemonCpu)} / ${fmtPct(g.benchCpu)}`);
+      row.push(Number.isFinite(g.usPerOp) ? `${g.usPerOp.toFixed(0)} µs` : '–');
       lines.push(`| ${row.join(' | ')} |`);
     }
     if (isQuery && agg.ours && agg.ours.accepted === 0 && agg.ours.rejectedTotal > 0) {
@@ -460,7 +469,8 @@ function report(results, m, command) {
       lines.push('');
       lines.push(
         `Ratio ours / rdma-core: throughput ${fmtRatio(o.rate / r.rate)}; ` +
-          `latency (rdma-core / ours) p50 ${fmtRatio(r.p50 / o.p50)}, p99 ${fmtRatio(r.p99 / o.p99)}, p99.9 ${fmtRatio(r.p999 / o.p999)}`,
+          `latency (rdma-core / ours) p50 ${fmtRatio(r.p50 / o.p50)}, p99 ${fmtRatio(r.p99 / o.p99)}, p99.9 ${fmtRatio(r.p999 / o.p999)}; ` +
+          `daemon CPU per op (rdma-core / ours) ${fmtRatio(r.usPerOp / o.usPerOp)}`,
       );
     }
     lines.push('');
@@ -491,7 +501,8 @@ function line(w, rep, d, r) {
       (r.rejected ? `  rejects ${r.rejected}` : '') +
       (r.unfinished ? `  unanswered ${r.unfinished}` : '') +
       (Object.keys(r.errors).length ? `  errors ${JSON.stringify(r.errors)}` : '') +
-      (r.cpu ? `  cpu: daemon ${r.cpu.daemonPct}% bench ${r.cpu.benchPct}%` : ''),
+      (r.cpu ? `  cpu: daemon ${r.cpu.daemonPct}% bench ${r.cpu.benchPct}%` : '') +
+      (r.cpu?.daemonUsPerOp ? ` (${r.cpu.daemonUsPerOp.toFixed(0)} µs/op)` : ''),
   );
 }
 

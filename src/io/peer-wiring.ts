@@ -5,6 +5,7 @@
  */
 import type { IwpmDaemon } from '../core/daemon.js';
 import type { Logger } from '../core/log.js';
+import { StartupError } from './errors.js';
 import { PeerIo, type PeerIoStatus } from './udp.js';
 
 export interface PeerHandle {
@@ -21,7 +22,7 @@ export async function startPeer(o: { daemon: IwpmDaemon; log: Logger; port: numb
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     const why = err.code === 'EADDRINUSE' ? 'the port is in use (is another iwpmd running?)' : err.message;
-    throw new Error(`cannot open the peer UDP port ${o.port}: ${why}`);
+    throw new StartupError(`cannot open the peer UDP port ${o.port}: ${why}`);
   }
   o.daemon.setPeer(io);
   return {

@@ -11,6 +11,7 @@ import { type Native, NETLINK_RDMA, NETLINK_USERSOCK, type NetlinkBatch, type Ne
 import { ControlServer } from './control.js';
 import { type DaemonConfig } from './config.js';
 import { inInitialNetns, iwcmLoaded, localPortRange, localReservedPorts } from './sysctl.js';
+import { StartupError } from './errors.js';
 import { sdNotify } from './systemd.js';
 import { startPeer, type PeerHandle } from './peer-wiring.js';
 
@@ -36,7 +37,7 @@ export interface ServiceOptions {
   systemd: boolean;
 }
 
-export class StartupError extends Error {}
+export { StartupError };
 
 export function packageVersion(): string {
   try {

@@ -91,7 +91,7 @@ describe('QUERY_MAPPING through the UDP peer exchange (daemon talking to itself)
     expectClean(sim);
   });
 
-  it('a burst of 256 outstanding queries: all answered, none retransmitted', async () => {
+  it('a burst of 256 outstanding queries: all answered, one REMOTE_INFO each', async () => {
     const { sim, daemon } = rig;
     const P = localPort();
     const add = await sim.add(sa4('0.0.0.0', P));
@@ -104,9 +104,13 @@ describe('QUERY_MAPPING through the UDP peer exchange (daemon talking to itself)
     for (const o of outs) if (o.kind === 'ok') expect(o.mappedRemote.port).toBe(add.mapped.port);
     await waitRemoteInfo(256);
     const st = daemon.ctl('show', 'stats') as { peer: Record<string, number> };
-    expect(st.peer.txReqRetransmit).toBe(0);
-    expect(st.peer.reqDuplicate).toBe(0);
-    console.log(`256 queries through the daemon and UDP in ${ms.toFixed(0)} ms`);
+    // Loss itself is tested with retransmission pushed out of reach (udp-peer.test.ts);
+    // here a loaded CI machine may legitimately retransmit, but the kernel hears of
+    // each connecting peer exactly once.
+    expect(st.peer.remoteInfos).toBe(256);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(rig.sim.remoteInfos.length).toBe(256);
+    console.log(`256 queries through the daemon and UDP in ${ms.toFixed(0)} ms (${st.peer.txReqRetransmit} REQ retransmissions)`);
     expectClean(sim);
   });
 });

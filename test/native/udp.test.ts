@@ -512,6 +512,52 @@ describe('UdpSocket: datagrams', () => {
     expect(b.msgs.map((m) => m.data.toString())).toEqual(['1', '2']);
   });
 
+  it('reports ENETUNREACH, EHOSTUNREACH and EACCES from routing per datagram (netns with unreachable/prohibit routes)', (ctx) => {
+    const r = inNetns(
+      'ip link set lo up && ip route add unreachable 203.0.113.0/24 && ip route add prohibit 192.0.2.0/24' +
+        ' && ip -6 route add unreachable 2001:db8:1::/48',
+      `const out = { errors: [], recv: [] };
+       const a = new n.UdpSocket({ family: 4, port: 0 }, (b) => out.recv.push(b.count, ...b.errors), (e) => out.errors.push([4, e.code, e.index]));
+       const b = new n.UdpSocket({ family: 6, port: 0 }, () => {}, (e) => out.errors.push([6, e.code, e.index]));
+       const v4 = Buffer.alloc(64);
+       [0xc6336401, 0xcb007101, 0xc0000201, 0x7f000001].forEach((x, i) => v4.writeUInt32BE(x, 16 * i));
+       out.sent4 = a.send([1, 2, 3, 4].map((i) => Buffer.from([i])), v4, Uint16Array.of(9, 9, 9, a.port));
+       const v6 = Buffer.alloc(32);
+       v6.writeUInt32BE(0x20010db8, 0);     // 2001:db8::1 (no route at all)
+       v6.writeUInt16BE(1, 14);
+       v6.writeUInt32BE(0x20010db8, 16);    // 2001:db8:1::1 (unreachable route)
+       v6.writeUInt16BE(1, 20);
+       v6.writeUInt16BE(1, 30);
+       out.sent6 = b.send([Buffer.from('x'), Buffer.from('y')], v6, Uint16Array.of(9, 9));
+       const t0 = Date.now();
+       const iv = setInterval(() => {
+         if (out.recv.length === 0 && Date.now() - t0 < 5000) return;
+         clearInterval(iv);
+         out.stats = a.stats();
+         console.log(JSON.stringify(out));
+         a.close();
+         b.close();
+       }, 5);`,
+    );
+    if (r.error || r.status !== 0) {
+      console.log(`skipped: cannot run in a netns with extra routes (needs root, unshare, ip): ${r.error?.message ?? r.stderr.trim()}`);
+      ctx.skip();
+    }
+    expect(JSON.parse(r.stdout)).toEqual({
+      sent4: 1,
+      sent6: 0,
+      errors: [
+        [4, 'ENETUNREACH', 0], // 198.51.100.1: no route in this netns
+        [4, 'EHOSTUNREACH', 1], // 203.0.113.1: unreachable route
+        [4, 'EACCES', 2], // 192.0.2.1: prohibit route
+        [6, 'ENETUNREACH', 0],
+        [6, 'EHOSTUNREACH', 1],
+      ],
+      recv: [1], // the datagram to itself, after the failed ones
+      stats: { received: 1, sent: 1, queued: 0, recvErrors: 0, sendErrors: 3, truncated: 0 },
+    });
+  });
+
   it('queues what the kernel refuses (EAGAIN, ENOBUFS) and delivers all of it in order (netns with a slow lo)', (ctx) => {
     // A private network namespace whose loopback is rate limited by a tbf qdisc:
     // packets wait in the qdisc (charged to the sender: EAGAIN with a small send
