@@ -8,6 +8,7 @@
  *   node bench/run.js --help
  */
 import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +18,7 @@ import {
   RDMA_CORE_IWPMD,
   ROOT,
   buildShim,
+  controlQuery,
   ensureOut,
   freeUdpPort,
   installCleanup,
@@ -211,7 +213,19 @@ class CpuMeter {
       return NaN;
     }
   }
+  /** Host-wide UDP receive-buffer drops (/proc/net/snmp Udp RcvbufErrors): lost peer datagrams. */
+  udpDrops() {
+    try {
+      const lines = readFileSync('/proc/net/snmp', 'utf8').split('\n').filter((l) => l.startsWith('Udp:'));
+      const names = lines[0].split(/\s+/);
+      const vals = lines[1].split(/\s+/);
+      return Number(vals[names.indexOf('RcvbufErrors')]);
+    } catch {
+      return NaN;
+    }
+  }
   start() {
+    this.u0 = this.udpDrops();
     this.t0 = performance.now();
     this.d0 = this.daemonMs();
     this.g0 = process.cpuUsage();
@@ -221,6 +235,7 @@ class CpuMeter {
     this.d = this.daemonMs() - this.d0;
     const g = process.cpuUsage(this.g0);
     this.g = (g.user + g.system) / 1000;
+    this.u = this.udpDrops() - this.u0;
   }
   result() {
     if (this.wall === undefined) return undefined;
@@ -229,6 +244,7 @@ class CpuMeter {
       benchPct: Math.round((100 * this.g) / this.wall),
       daemonMs: this.d,
       benchMs: this.g,
+      udpDrops: this.u,
     };
   }
 }
@@ -246,6 +262,8 @@ async function session(which, tag, fn) {
     config: CONFIG,
     tag,
     profileDir: S.profile && which === 'ours' ? join(OUT, 'prof') : undefined,
+    // idle unless asked: read once at the end for the daemon's own counters
+    controlPath: which === 'ours' ? join(OUT, `ctl-${process.pid}.sock`) : undefined,
   });
   const died = d.exited.then((x) => {
     throw new Error(`${which} exited early (${x.signal ?? `code ${x.code}`}); log ${d.logPath}:\n${d.logTail()}`);
@@ -270,6 +288,7 @@ async function session(which, tag, fn) {
       r.pid = d.pid;
     });
     list[list.length - 1].kernel = k.stats();
+    if (which === 'ours') list[list.length - 1].daemonStats = await controlQuery(join(OUT, `ctl-${process.pid}.sock`), 'show stats');
     return list;
   } finally {
     const alive = d.alive();
@@ -382,6 +401,7 @@ function aggregate(runs) {
     unfinished: ok.map((r) => r.unfinished ?? 0),
     daemonCpu: median(ok.map((r) => r.cpu?.daemonPct)),
     usPerOp: median(ok.map((r) => r.cpu?.daemonUsPerOp)),
+    udpDrops: ok.map((r) => r.cpu?.udpDrops ?? NaN),
     benchCpu: median(ok.map((r) => r.cpu?.benchPct)),
   };
 }
@@ -397,7 +417,11 @@ function machine() {
   try {
     commit = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
     const dirty = execFileSync('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src', 'native'], { encoding: 'utf8' }).trim();
-    if (dirty) commit += '+dirty';
+    if (dirty) {
+      // identify the uncommitted state: hash of the diff of src/ and native/
+      const diff = execFileSync('git', ['-C', ROOT, 'diff', 'HEAD', '--', 'src', 'native'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+      commit += `+dirty:${createHash('sha1').update(diff).digest('hex').slice(0, 8)}`;
+    }
   } catch {
     /* */
   }
@@ -428,7 +452,7 @@ function report(results, m, command) {
     lines.push('');
     const isQuery = w.startsWith('query');
     const hdr = ['daemon', wl.unit, 'p50', 'p99', 'p99.9', 'max'];
-    if (isQuery) hdr.push('timeouts/run', 'rejects/run');
+    if (isQuery) hdr.push('timeouts/run', 'rejects/run', 'UDP drops/run');
     if (w === 'held') hdr.push('fill rate', 'fill time');
     hdr.push('errors', 'CPU daemon / bench', 'daemon CPU per op');
     lines.push(`| ${hdr.join(' | ')} |`);
@@ -447,7 +471,7 @@ function report(results, m, command) {
       ];
       if (isQuery) {
         const unf = g.unfinished.some((x) => x > 0) ? ` (+${g.unfinished.join(', ')} unanswered at the end)` : '';
-        row.push(g.timeouts.join(', ') + unf, g.rejected.join(', '));
+        row.push(g.timeouts.join(', ') + unf, g.rejected.join(', '), g.udpDrops.join(', '));
       }
       if (w === 'held') row.push(`${fmtRate(g.fillRate)}/s`, fmtMs(g.fillMs));
       const errs = Object.entries(g.errors).map(([c, n]) => `${n}× code ${c}`);
@@ -502,7 +526,8 @@ function line(w, rep, d, r) {
       (r.unfinished ? `  unanswered ${r.unfinished}` : '') +
       (Object.keys(r.errors).length ? `  errors ${JSON.stringify(r.errors)}` : '') +
       (r.cpu ? `  cpu: daemon ${r.cpu.daemonPct}% bench ${r.cpu.benchPct}%` : '') +
-      (r.cpu?.daemonUsPerOp ? ` (${r.cpu.daemonUsPerOp.toFixed(0)} µs/op)` : ''),
+      (r.cpu?.daemonUsPerOp ? ` (${r.cpu.daemonUsPerOp.toFixed(0)} µs/op)` : '') +
+      (r.cpu?.udpDrops ? `  UDP drops ${r.cpu.udpDrops}` : ''),
   );
 }
 

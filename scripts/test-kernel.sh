@@ -16,18 +16,33 @@
 # Environment:
 #   IWPMD_KT_RESULTS      results folder (default <project>/test-results/kernel)
 #   IWPMD_KT_SCENARIOS    space/comma separated groups to run, in order
-#                         (default "nodaemon ref ours compare"):
+#                         (default "nodaemon ref ours compare quirks"):
 #                           nodaemon  rping + cmtime with no port mapper at all
 #                           ref       rdma-core's /usr/sbin/iwpmd: startup, rping,
 #                                     kill/restart, cmtime
 #                           ours      our daemon: the same scenarios
 #                           compare   kernel-visible outcome of ref vs ours
+#                           quirks    our daemon: 26-record MAPINFO replay, daemon
+#                                     SIGSTOPped (kernel 10 s timeouts), daemon
+#                                     SIGKILLed without restart
+#                         opt-in:
+#                           quirks-ref      the quirks with rdma-core's iwpmd
+#                           late-reply      SIGSTOP/SIGCONT our daemon across the
+#                                           kernel's 10 s timeout: must not answer the
+#                                           timed-out requests (6.1 oopses). Run last.
+#                           late-reply-ref  the same with iwpmd (it does answer)
+#                           cmtime-nodaemon, cmtime-ref, cmtime-ours
+#                                           only the cmtime runs (benchmarking;
+#                                           cmtime-nodaemon must come first)
+#                           profile-ours    cmtime with our daemon under node --cpu-prof
 #   IWPMD_KT_CMTIME_RUNS  cmtime processes per daemon (default 4)
 #   IWPMD_KT_CMTIME_CONNS connections per cmtime process (default 64)
-#   IWPMD_KT_GUEST_TIMEOUT  seconds the guest's scenario script may take (default 480)
+#   IWPMD_KT_GUEST_TIMEOUT  seconds the guest's scenario script may take (default 600)
 #   IWPMD_KT_BUILD        auto (build dist/ and the addon if missing; default),
 #                         always, never
 #   IWPMD_KT_SKIP_SETUP   1 = do not run scripts/setup-kernel-test.sh
+#   IWPMD_KT_REQUIRE      1 = a missing prerequisite is a failure (exit 1), not a
+#                         skip (for CI machines that must run the test)
 #   IWPMD_KERNEL_CACHE    kernel cache folder (see setup-kernel-test.sh)
 #   IWPMD_KT_ACCEL        qemu accelerator (default "tcg,thread=multi"; /dev/kvm on
 #                         these machines cannot run a stock kernel)
@@ -36,33 +51,44 @@ set -uo pipefail
 PROJECT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${IWPMD_KERNEL_CACHE:-/var/cache/iwpmd-kernel-test}
 RESULTS=${IWPMD_KT_RESULTS:-$PROJECT/test-results/kernel}
-SCENARIOS=${IWPMD_KT_SCENARIOS:-nodaemon ref ours compare}
+SCENARIOS=${IWPMD_KT_SCENARIOS:-nodaemon ref ours compare quirks}
 SCENARIOS=${SCENARIOS//,/ }
 CMTIME_RUNS=${IWPMD_KT_CMTIME_RUNS:-4}
 CMTIME_CONNS=${IWPMD_KT_CMTIME_CONNS:-64}
-GUEST_TIMEOUT=${IWPMD_KT_GUEST_TIMEOUT:-480}
+GUEST_TIMEOUT=${IWPMD_KT_GUEST_TIMEOUT:-600}
 BUILD=${IWPMD_KT_BUILD:-auto}
 ACCEL=${IWPMD_KT_ACCEL:-tcg,thread=multi}
 QEMU_TIMEOUT=$((GUEST_TIMEOUT + 90))
 
 log() { printf '[test-kernel] %s\n' "$*" >&2; }
 skip() {
-  log "SKIP: $*"
   mkdir -p "$RESULTS" 2>/dev/null && printf '%s\n' "$*" > "$RESULTS/skip-reason.txt"
+  if [ "${IWPMD_KT_REQUIRE:-0}" = 1 ]; then log "FAIL (IWPMD_KT_REQUIRE=1): $*"; exit 1; fi
+  log "SKIP: $*"
   exit 77
 }
 fail() { log "FAIL: $*"; exit 1; }
 
-case "$RESULTS" in
-  /tmp/*|/run/*|/root/*|/var/tmp/*) fail "results folder $RESULTS is hidden by the guest's tmpfs mounts; choose another" ;;
-esac
-case "$PROJECT" in
-  /tmp/*|/run/*|/root/*|/var/tmp/*) log "note: project is under a folder the guest covers with tmpfs; it is shared explicitly, fine" ;;
+# The guest sees the host root read-only with tmpfs over /tmp, /var/tmp, /root
+# and /run. The project, the results and the kernel tree have their own
+# shares, so they may live anywhere; node must be reachable too:
+NODE_BIN=$(readlink -f "$(command -v node 2>/dev/null)" 2>/dev/null || true)
+NODE_SHARE=""
+GUEST_NODE=$NODE_BIN
+case "$NODE_BIN" in
+  "") ;;
+  /tmp/*|/run/*|/root/*|/var/tmp/*)
+    # e.g. nvm under /root: share node's install prefix as well
+    NODE_SHARE=$(dirname "$(dirname "$NODE_BIN")")
+    GUEST_NODE=/run/kt/node/bin/$(basename "$NODE_BIN") ;;
 esac
 
 [ "$(id -u)" = 0 ] || skip "must run as root (apt-get, depmod, qemu sharing / over 9p)"
 
 # Fresh results folder (keep nothing from an earlier run).
+case "$(readlink -m "$RESULTS")" in
+  /|/usr|/etc|/var|/home|"$PROJECT") fail "refusing to use $RESULTS as the results folder (it is emptied)" ;;
+esac
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS" || fail "cannot create $RESULTS"
 
@@ -78,6 +104,7 @@ fi
 # shellcheck disable=SC1091
 . "$CACHE/kernel.env"
 [ -f "${VMLINUZ:-}" ] && [ -d "${KROOT:-}/lib/modules/${KVER:-}" ] || skip "incomplete kernel cache at $CACHE"
+[ -n "$NODE_BIN" ] || skip "node not found on the host"
 for t in qemu-system-x86_64 cpio gzip modprobe timeout; do
   command -v "$t" >/dev/null || skip "missing host tool: $t"
 done
@@ -148,6 +175,7 @@ KT_SCENARIOS="$SCENARIOS"
 KT_CMTIME_RUNS=$CMTIME_RUNS
 KT_CMTIME_CONNS=$CMTIME_CONNS
 KT_KVER=$KVER
+KT_NODE=$GUEST_NODE
 EOF
 
 # -------------------------------------------------------------------- boot
@@ -184,6 +212,7 @@ timeout -s TERM -k 10 "$QEMU_TIMEOUT" qemu-system-x86_64 \
   -virtfs "local,path=$PROJECT,mount_tag=project,$P9,readonly=on" \
   -virtfs "local,path=$KROOT,mount_tag=kroot,$P9,readonly=on" \
   -virtfs "local,path=$RESULTS,mount_tag=results,$P9" \
+  ${NODE_SHARE:+-virtfs "local,path=$NODE_SHARE,mount_tag=nodedir,$P9,readonly=on"} \
   > "$WORK/qemu.out" 2>&1 &
 TPID=$!
 wait "$TPID"

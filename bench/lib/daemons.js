@@ -6,6 +6,7 @@
  */
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
+import { connect } from 'node:net';
 import { existsSync, mkdirSync, openSync, closeSync, statSync, writeFileSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -192,7 +193,7 @@ export function startDaemon(which, o) {
       '--nl-group',
       String(o.group),
       '--control',
-      'none',
+      o.controlPath ?? 'none',
       '--log-level',
       'warn',
       '--udp-port',
@@ -213,4 +214,29 @@ export function startDaemon(which, o) {
   };
   delete env.NOTIFY_SOCKET;
   return new DaemonProc('rdma-core', wrap(o.nofile, [RDMA_CORE_IWPMD, '-s']), env, logPath);
+}
+
+/** One control-socket command of our daemon ("show stats"); resolves with the parsed JSON or undefined. */
+export function controlQuery(path, command, timeoutMs = 3000) {
+  return new Promise((resolve) => {
+    let buf = '';
+    const s = connect(path);
+    const done = (v) => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(v);
+    };
+    const t = setTimeout(() => done(undefined), timeoutMs);
+    s.setEncoding('utf8');
+    s.on('connect', () => s.write(`${command}\n`));
+    s.on('data', (c) => (buf += c));
+    s.on('end', () => {
+      try {
+        done(JSON.parse(buf));
+      } catch {
+        done(undefined);
+      }
+    });
+    s.on('error', () => done(undefined));
+  });
 }

@@ -93,8 +93,29 @@ export function summarizeProfiles(dir, root, top = 25) {
   if (profiles.length === 0) return `no .cpuprofile in ${dir}`;
   const byFn = new Map();
   const byFile = new Map();
+  const incl = new Map();
   let total = 0;
   for (const { prof } of profiles) {
+    // inclusive time: every function on the sampled stack, counted once per sample
+    const parent = new Map();
+    const byId = new Map();
+    for (const n of prof.nodes) {
+      byId.set(n.id, n);
+      for (const c of n.children ?? []) parent.set(c, n.id);
+    }
+    const deltasI = prof.timeDeltas ?? [];
+    (prof.samples ?? []).forEach((id, i) => {
+      const us = deltasI[i] ?? 0;
+      const seen = new Set();
+      for (let cur = id; cur !== undefined; cur = parent.get(cur)) {
+        const cf = byId.get(cur).callFrame;
+        if (!cf.url) continue;
+        const key = `${cf.functionName || '(anonymous)'}  ${where(cf, root)}`;
+        if (seen.has(key)) continue;
+        seen.add(key);
+        incl.set(key, (incl.get(key) ?? 0) + us);
+      }
+    });
     const self = new Map(); // node id -> µs
     const deltas = prof.timeDeltas ?? [];
     (prof.samples ?? []).forEach((id, i) => self.set(id, (self.get(id) ?? 0) + (deltas[i] ?? 0)));
@@ -112,6 +133,8 @@ export function summarizeProfiles(dir, root, top = 25) {
   const pct = (us) => `${((100 * us) / total).toFixed(1).padStart(5)}%`;
   const lines = [`CPU profile of our daemon: ${profiles.length} file(s), ${(total / 1e6).toFixed(1)} s sampled`, '', 'Self time by function:'];
   for (const [k, us] of [...byFn].sort((x, y) => y[1] - x[1]).slice(0, top)) lines.push(`  ${pct(us)}  ${k}`);
+  lines.push('', 'Total (inclusive) time by function:');
+  for (const [k, us] of [...incl].sort((x, y) => y[1] - x[1]).slice(0, top)) lines.push(`  ${pct(us)}  ${k}`);
   lines.push('', 'Self time by file:');
   for (const [k, us] of [...byFile].sort((x, y) => y[1] - x[1]).slice(0, 15)) lines.push(`  ${pct(us)}  ${k}`);
   return lines.join('\n');

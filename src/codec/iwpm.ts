@@ -8,8 +8,10 @@ import {
   type AttrTable,
   type NlHeader,
   type NlMessage,
+  NLA_HDRLEN,
   NLM_F_MULTI,
   NLM_F_REQUEST,
+  NLMSG_HDRLEN,
   NLMSG_DONE,
   NLMSG_ERROR,
   bytes,
@@ -22,7 +24,16 @@ import {
   u16,
   u32,
 } from './netlink.js';
-import { type SockAddr, decodeSockaddr } from './sockaddr.js';
+import {
+  AF_INET,
+  AF_INET6,
+  SOCKADDR_STORAGE_SIZE,
+  type SockAddr,
+  copyBytes,
+  decodeSockaddr,
+  encodeSockaddr,
+  writeSockaddr,
+} from './sockaddr.js';
 
 export const RDMA_NL_IWCM = 2;
 export const RDMA_NL_C4IW = 3; // legacy client index, ABI 3 kernels only
@@ -170,6 +181,11 @@ function check(attrs: AttrTable, needs: readonly Needs[]): string | undefined {
         if (a.length < 4) return `attribute ${n.type} (${n.name}) is ${a.length} bytes, u32 needs 4`;
         break;
       case 'addr': {
+        // the cheap test first; decodeSockaddr only to say why not
+        if (a.length >= SOCKADDR_STORAGE_SIZE) {
+          const family = a[0]! | (a[1]! << 8);
+          if (family === AF_INET || family === AF_INET6) break;
+        }
         const d = decodeSockaddr(a);
         if (!d.ok) return `attribute ${n.type} (${n.name}): ${d.reason}`;
         break;
@@ -187,7 +203,7 @@ function check(attrs: AttrTable, needs: readonly Needs[]): string | undefined {
 function wireAddr(b: Buffer): WireAddr {
   const d = decodeSockaddr(b);
   if (!d.ok) throw new Error('unreachable: address validated before'); // guarded by check()
-  return { addr: d.addr, raw: Buffer.from(b.subarray(0, 128)) };
+  return { addr: d.addr, raw: copyBytes(b, 0, SOCKADDR_STORAGE_SIZE) };
 }
 
 const REG_PID_POLICY: Needs[] = [
@@ -222,6 +238,21 @@ const MAPINFO_NUM_POLICY: Needs[] = [
 ];
 const HELLO_POLICY: Needs[] = [{ type: IWPM_NLA_HELLO_ABI_VERSION, kind: 'u16', name: 'HELLO_ABI_VERSION' }];
 
+/** Policy and highest attribute type of each kernel → daemon op, by opcode. */
+const POLICIES: readonly ({ policy: Needs[]; max: number } | undefined)[] = (() => {
+  const t: ({ policy: Needs[]; max: number } | undefined)[] = [];
+  t[RDMA_NL_IWPM_REG_PID] = { policy: REG_PID_POLICY, max: 4 };
+  t[RDMA_NL_IWPM_ADD_MAPPING] = { policy: ADD_POLICY, max: 3 };
+  t[RDMA_NL_IWPM_QUERY_MAPPING] = { policy: QUERY_POLICY, max: 4 };
+  t[RDMA_NL_IWPM_REMOVE_MAPPING] = { policy: REMOVE_POLICY, max: 2 };
+  t[RDMA_NL_IWPM_REMOTE_INFO] = undefined;
+  t[RDMA_NL_IWPM_HANDLE_ERR] = undefined;
+  t[RDMA_NL_IWPM_MAPINFO] = { policy: MAPINFO_POLICY, max: 3 };
+  t[RDMA_NL_IWPM_MAPINFO_NUM] = { policy: MAPINFO_NUM_POLICY, max: 2 };
+  t[RDMA_NL_IWPM_HELLO] = { policy: HELLO_POLICY, max: 1 };
+  return t;
+})();
+
 /**
  * Decode one kernel → daemon message. FLAGS attributes are accepted when present
  * and default to 0, whatever the negotiated ABI (more robust than rdma-core, same result).
@@ -239,27 +270,7 @@ export function decodeKernelMessage(m: NlMessage): KernelMessage {
   const opcode = opOf(header.type);
   const invalid = (reason: string): KernelMessage => ({ op: 'invalid', client, header, opcode, reason });
 
-  const policyFor = (): { policy: Needs[]; max: number } | undefined => {
-    switch (opcode) {
-      case RDMA_NL_IWPM_REG_PID:
-        return { policy: REG_PID_POLICY, max: 4 };
-      case RDMA_NL_IWPM_ADD_MAPPING:
-        return { policy: ADD_POLICY, max: 3 };
-      case RDMA_NL_IWPM_QUERY_MAPPING:
-        return { policy: QUERY_POLICY, max: 4 };
-      case RDMA_NL_IWPM_REMOVE_MAPPING:
-        return { policy: REMOVE_POLICY, max: 2 };
-      case RDMA_NL_IWPM_MAPINFO:
-        return { policy: MAPINFO_POLICY, max: 3 };
-      case RDMA_NL_IWPM_MAPINFO_NUM:
-        return { policy: MAPINFO_NUM_POLICY, max: 2 };
-      case RDMA_NL_IWPM_HELLO:
-        return { policy: HELLO_POLICY, max: 1 };
-      default:
-        return undefined;
-    }
-  };
-  const p = policyFor();
+  const p = POLICIES[opcode];
   if (!p) return { op: 'unknown_op', client, header, opcode };
   const parsed = parseAttrs(m.payload, p.max);
   if (!parsed.ok) return invalid(parsed.reason);
@@ -388,24 +399,72 @@ export function encodeManageReply(
   ]);
 }
 
+/** An address attribute: 128 raw bytes as the kernel sent them, or a SockAddr to encode. */
+export type AddrValue = Buffer | SockAddr;
+
 export interface ConnInfo {
   seqAttr: number;
-  local: Buffer;
-  remote: Buffer;
-  mappedLocal: Buffer;
-  mappedRemote: Buffer;
+  local: AddrValue;
+  remote: AddrValue;
+  mappedLocal: AddrValue;
+  mappedRemote: AddrValue;
   err: number;
 }
 
+/** Size of RQUERY / REMOTE_INFO: header, u32, four 128-byte addresses, u16 (padded). */
+const CONN_INFO_LEN = NLMSG_HDRLEN + 8 + 4 * (NLA_HDRLEN + SOCKADDR_STORAGE_SIZE) + 8;
+
+function isRawAddr(v: AddrValue): v is Buffer {
+  return v instanceof Uint8Array;
+}
+
+function putAddrAttr(buf: Buffer, off: number, type: number, v: AddrValue): number {
+  buf.writeUInt16LE(NLA_HDRLEN + SOCKADDR_STORAGE_SIZE, off);
+  buf.writeUInt16LE(type, off + 2);
+  if (isRawAddr(v)) v.copy(buf, off + NLA_HDRLEN, 0, SOCKADDR_STORAGE_SIZE);
+  else writeSockaddr(buf, off + NLA_HDRLEN, v);
+  return off + NLA_HDRLEN + SOCKADDR_STORAGE_SIZE;
+}
+
+/**
+ * The same bytes as encodeMessage with u32 SEQ, four address attributes and u16 ERR,
+ * written straight into one buffer (the hot path: one per query, one per REMOTE_INFO).
+ */
 function encodeConnInfo(h: DaemonHeader, type: number, r: ConnInfo): Buffer {
-  return encodeMessage(req(type, h), [
-    u32(IWPM_NLA_RQUERY_MAPPING_SEQ, r.seqAttr),
-    bytes(IWPM_NLA_RQUERY_LOCAL_ADDR, r.local),
-    bytes(IWPM_NLA_RQUERY_REMOTE_ADDR, r.remote),
-    bytes(IWPM_NLA_RQUERY_MAPPED_LOC_ADDR, r.mappedLocal),
-    bytes(IWPM_NLA_RQUERY_MAPPED_REM_ADDR, r.mappedRemote),
-    u16(IWPM_NLA_RQUERY_MAPPING_ERR, r.err),
-  ]);
+  const addrs = [r.local, r.remote, r.mappedLocal, r.mappedRemote];
+  for (const a of addrs) {
+    if (isRawAddr(a) && a.length !== SOCKADDR_STORAGE_SIZE) {
+      // not a 128-byte address: the generic encoder (attribute as long as the value)
+      const v = addrs.map((x) => (isRawAddr(x) ? x : encodeSockaddr(x)));
+      return encodeMessage(req(type, h), [
+        u32(IWPM_NLA_RQUERY_MAPPING_SEQ, r.seqAttr),
+        bytes(IWPM_NLA_RQUERY_LOCAL_ADDR, v[0]!),
+        bytes(IWPM_NLA_RQUERY_REMOTE_ADDR, v[1]!),
+        bytes(IWPM_NLA_RQUERY_MAPPED_LOC_ADDR, v[2]!),
+        bytes(IWPM_NLA_RQUERY_MAPPED_REM_ADDR, v[3]!),
+        u16(IWPM_NLA_RQUERY_MAPPING_ERR, r.err),
+      ]);
+    }
+  }
+  const buf = Buffer.allocUnsafe(CONN_INFO_LEN).fill(0);
+  buf.writeUInt32LE(CONN_INFO_LEN, 0);
+  buf.writeUInt16LE(type & 0xffff, 4);
+  buf.writeUInt16LE(NLM_F_REQUEST, 6);
+  buf.writeUInt32LE(h.seq >>> 0, 8);
+  buf.writeUInt32LE(h.pid >>> 0, 12);
+  let off = NLMSG_HDRLEN;
+  buf.writeUInt16LE(NLA_HDRLEN + 4, off);
+  buf.writeUInt16LE(IWPM_NLA_RQUERY_MAPPING_SEQ, off + 2);
+  buf.writeUInt32LE(r.seqAttr >>> 0, off + 4);
+  off += 8;
+  off = putAddrAttr(buf, off, IWPM_NLA_RQUERY_LOCAL_ADDR, r.local);
+  off = putAddrAttr(buf, off, IWPM_NLA_RQUERY_REMOTE_ADDR, r.remote);
+  off = putAddrAttr(buf, off, IWPM_NLA_RQUERY_MAPPED_LOC_ADDR, r.mappedLocal);
+  off = putAddrAttr(buf, off, IWPM_NLA_RQUERY_MAPPED_REM_ADDR, r.mappedRemote);
+  buf.writeUInt16LE(NLA_HDRLEN + 2, off);
+  buf.writeUInt16LE(IWPM_NLA_RQUERY_MAPPING_ERR, off + 2);
+  buf.writeUInt16LE(r.err & 0xffff, off + 4);
+  return buf;
 }
 
 /** RQUERY: the answer to QUERY_MAPPING (seqAttr = the kernel's header seq of the query). */
@@ -415,7 +474,14 @@ export function encodeQueryReply(h: DaemonHeader, client: number, r: ConnInfo): 
 
 /** REMOTE_INFO: the connecting peer's real address for the passive kernel (seqAttr 0, err 0). */
 export function encodeRemoteInfo(h: DaemonHeader, client: number, r: Omit<ConnInfo, 'seqAttr' | 'err'>): Buffer {
-  return encodeConnInfo(h, nlType(client, RDMA_NL_IWPM_REMOTE_INFO), { ...r, seqAttr: 0, err: 0 });
+  return encodeConnInfo(h, nlType(client, RDMA_NL_IWPM_REMOTE_INFO), {
+    seqAttr: 0,
+    local: r.local,
+    remote: r.remote,
+    mappedLocal: r.mappedLocal,
+    mappedRemote: r.mappedRemote,
+    err: 0,
+  });
 }
 
 export function encodeHandleErr(h: DaemonHeader, client: number, errSeq: number, code: number): Buffer {

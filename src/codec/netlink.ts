@@ -59,6 +59,24 @@ export function writeHeader(buf: Buffer, h: NlHeader, off = 0): void {
   buf.writeUInt32LE(h.pid >>> 0, off + 12);
 }
 
+/** An NlMessage whose `raw` view is made only when asked for (the daemon never needs it). */
+class SplitMessage implements NlMessage {
+  readonly header: NlHeader;
+  readonly payload: Buffer;
+  constructor(
+    private readonly datagram: Buffer,
+    private readonly off: number,
+    len: number,
+  ) {
+    this.header = readHeader(datagram, off);
+    this.payload = datagram.subarray(off + NLMSG_HDRLEN, off + len);
+  }
+
+  get raw(): Buffer {
+    return this.datagram.subarray(this.off, this.off + this.header.len);
+  }
+}
+
 /**
  * Walk the messages of one datagram (NLMSG_OK / NLMSG_NEXT). Stops at the first
  * malformed header and reports it; messages before it are returned.
@@ -76,12 +94,7 @@ export function splitMessages(datagram: Buffer): SplitResult {
     if (len > remaining) {
       return { messages, error: `nlmsg_len ${len} exceeds the ${remaining} bytes left in the datagram` };
     }
-    const header = readHeader(datagram, off);
-    messages.push({
-      header,
-      payload: datagram.subarray(off + NLMSG_HDRLEN, off + len),
-      raw: datagram.subarray(off, off + len),
-    });
+    messages.push(new SplitMessage(datagram, off, len));
     off += align4(len);
   }
   return { messages };

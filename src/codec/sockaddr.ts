@@ -30,10 +30,10 @@ export function decodeSockaddr(b: Buffer | undefined): SockAddrDecode {
   if (b.length < SOCKADDR_STORAGE_SIZE) {
     return { ok: false, reason: `address attribute is ${b.length} bytes, expected ${SOCKADDR_STORAGE_SIZE}` };
   }
-  const family = b.readUInt16LE(0);
-  const port = b.readUInt16BE(2);
+  const family = b[0]! | (b[1]! << 8);
+  const port = (b[2]! << 8) | b[3]!;
   if (family === AF_INET) {
-    return { ok: true, addr: { family, port, ip: Buffer.from(b.subarray(4, 8)), flowinfo: 0, scopeId: 0 } };
+    return { ok: true, addr: { family, port, ip: copyBytes(b, 4, 4), flowinfo: 0, scopeId: 0 } };
   }
   if (family === AF_INET6) {
     return {
@@ -41,7 +41,7 @@ export function decodeSockaddr(b: Buffer | undefined): SockAddrDecode {
       addr: {
         family,
         port,
-        ip: Buffer.from(b.subarray(8, 24)),
+        ip: copyBytes(b, 8, 16),
         flowinfo: b.readUInt32BE(4),
         scopeId: b.readUInt32LE(24),
       },
@@ -50,18 +50,38 @@ export function decodeSockaddr(b: Buffer | undefined): SockAddrDecode {
   return { ok: false, reason: `unsupported address family ${family}` };
 }
 
+/** A copy of b[off, off + n) (from Node's pool: cheaper than Buffer.from for a few bytes). */
+export function copyBytes(b: Uint8Array, off: number, n: number): Buffer {
+  const out = Buffer.allocUnsafe(n);
+  if (n > 16) out.set(b.subarray(off, off + n));
+  else for (let i = 0; i < n; i++) out[i] = b[off + i]!;
+  return out;
+}
+
+/**
+ * Write `a` as 128 bytes at out[off]. The bytes it does not set (padding, IPv4's
+ * zero tail) must already be zero.
+ */
+export function writeSockaddr(out: Buffer, off: number, a: SockAddr): void {
+  out[off] = a.family & 0xff;
+  out[off + 1] = a.family >> 8;
+  out[off + 2] = (a.port >> 8) & 0xff;
+  out[off + 3] = a.port & 0xff;
+  const ip = a.ip;
+  if (a.family === AF_INET) {
+    for (let i = 0; i < 4; i++) out[off + 4 + i] = ip[i]!;
+  } else {
+    out.writeUInt32BE(a.flowinfo >>> 0, off + 4);
+    for (let i = 0; i < 16; i++) out[off + 8 + i] = ip[i]!;
+    out.writeUInt32LE(a.scopeId >>> 0, off + 24);
+  }
+}
+
 /** Encode into a fresh 128-byte buffer; every unused byte is zero. */
 export function encodeSockaddr(a: SockAddr): Buffer {
-  const b = Buffer.alloc(SOCKADDR_STORAGE_SIZE);
-  b.writeUInt16LE(a.family, 0);
-  b.writeUInt16BE(a.port & 0xffff, 2);
-  if (a.family === AF_INET) {
-    a.ip.copy(b, 4, 0, 4);
-  } else {
-    b.writeUInt32BE(a.flowinfo >>> 0, 4);
-    a.ip.copy(b, 8, 0, 16);
-    b.writeUInt32LE(a.scopeId >>> 0, 24);
-  }
+  // pooled and zeroed by hand: Buffer.alloc makes an ArrayBuffer per call (~7x slower)
+  const b = Buffer.allocUnsafe(SOCKADDR_STORAGE_SIZE).fill(0);
+  writeSockaddr(b, 0, a);
   return b;
 }
 
@@ -76,7 +96,8 @@ export function sameAddr(a: SockAddr, b: SockAddr): boolean {
 }
 
 export function withPort(a: SockAddr, port: number): SockAddr {
-  return { ...a, port };
+  // spelled out: an object spread is several times slower on this hot path
+  return { family: a.family, port, ip: a.ip, flowinfo: a.flowinfo, scopeId: a.scopeId };
 }
 
 /**

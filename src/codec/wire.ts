@@ -88,7 +88,8 @@ function putIp(out: Buffer, offset: number, ip: Buffer, v: IpVersion): void {
 
 /** Encode into a fresh buffer: 64 bytes for REQ, 48 for the others. */
 export function encodePeerMessage(m: PeerMessage): Buffer {
-  const out = Buffer.alloc(m.type === PM_MSG_REQ ? PM_REQ_SIZE : PM_MESSAGE_SIZE);
+  // pooled, zeroed by hand (Buffer.alloc makes an ArrayBuffer per call)
+  const out = Buffer.allocUnsafe(m.type === PM_MSG_REQ ? PM_REQ_SIZE : PM_MESSAGE_SIZE).fill(0);
   out[0] = (PM_PROTOCOL_VERSION << VER_SHIFT) | (m.type << MT_SHIFT) | m.ipVersion;
   out[1] = m.pmtime & 0xff;
   out.writeUInt16BE(m.mappedCpPort & 0xffff, 2);

@@ -29,6 +29,7 @@ import {
   RDMA_NL_IWPM_QUERY_MAPPING,
   RDMA_NL_IWPM_REG_PID,
   RDMA_NL_IWPM_REMOTE_INFO,
+  type AddrValue,
   type KernelMessage,
   decodeKernelMessage,
   encodeHandleErr,
@@ -45,10 +46,12 @@ import {
 import { splitMessages } from '../codec/netlink.js';
 import {
   type SockAddr,
+  addrKey,
   encodeSockaddr,
   formatAddr,
   isWildcard,
   sameAddr,
+  withPort,
 } from '../codec/sockaddr.js';
 import { ClientRegistry } from './clients.js';
 import { type Logger, LogLimiter } from './log.js';
@@ -69,6 +72,14 @@ export const HELLO_RETRY_MS = 1000;
 export const HELLO_ATTEMPTS = 3;
 /** Most kernel messages held back while the ABI is being negotiated. */
 export const MAX_HELD_MESSAGES = 4096;
+/**
+ * A read that comes after the event loop stood still this long may hold requests the
+ * kernel has already given up on (it waits 10 s). Answering those is not just useless:
+ * on Linux 6.1 a late ADD/QUERY answer makes the kernel read a dead stack frame and
+ * oops (seen under qemu, docs/real-kernel.md). Such requests are dropped unanswered
+ * until the socket has been drained.
+ */
+export const STALL_DROP_MS = 8000;
 /** Daemon messages remembered so the kernel's NLMSG_DONE status can be attributed. */
 const SENT_MEMORY = 4096;
 
@@ -89,6 +100,8 @@ export interface DaemonDeps {
   portId: number;
   /** Netlink port id the kernel speaks from: 0, or the simulator's in USERSOCK mode. */
   kernelPortId: number;
+  /** Most datagrams one receive batch can hold: a smaller batch means the socket was drained. */
+  recvBatchSize?: number;
 }
 
 export interface DaemonCounters {
@@ -113,6 +126,8 @@ export interface DaemonCounters {
   mapinfoRecords: number;
   mapinfoRebound: number;
   mapinfoFailed: number;
+  /** Requests not answered because the kernel had given up on them. */
+  lateDropped: number;
 }
 
 /** A reply that can only be written once the batch's port reservations are done. */
@@ -155,12 +170,15 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     mapinfoRecords: 0,
     mapinfoRebound: 0,
     mapinfoFailed: 0,
+    lateDropped: 0,
   };
   abi: AbiState = { phase: 'negotiating', attempts: 0, lastHelloMs: 0 };
   private peer?: PeerPort;
   private readonly limiter = new LogLimiter();
   private held: KernelMessage[] = [];
   private readonly queries = new Map<number, PendingQuery>();
+  /** Pending queries per mapping, so a REMOVE looks through `queries` only when it has some. */
+  private readonly queriesPerMapping = new Map<Mapping, number>();
   private nextQueryId = 1;
   /** Records accepted since the last MAPINFO_NUM, per client. */
   private readonly mapinfoAccepted = new Map<number, number>();
@@ -177,11 +195,31 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   private afterFlush: (() => void)[] = [];
   /** Inside onBatch: replies wait for the batch's single send. */
   private inBatch = false;
+  /** Last time the ticker ran: a long gap before a read means the loop stood still. */
+  private lastTickMs: number;
+  /** Reading a backlog left by a stall: requests in it are dropped unanswered. */
+  private stale = false;
+  /** ADD/QUERY of this batch, by local address, so a REMOVE later in it can withdraw them. */
+  private readonly batchRequests = new Map<number | string, (() => void)[]>();
+  /** Inside runBatch: peer events wait for its single send. */
+  private eventDepth = 0;
 
-  constructor(private readonly deps: DaemonDeps) {}
+  constructor(private readonly deps: DaemonDeps) {
+    this.lastTickMs = deps.now();
+  }
 
   setPeer(peer: PeerPort): void {
     this.peer = peer;
+  }
+
+  /** Run `fn` (peer events: queryDone, remoteInfo); their netlink messages leave in one send at its end. */
+  runBatch(fn: () => void): void {
+    this.eventDepth++;
+    try {
+      fn();
+    } finally {
+      if (--this.eventDepth === 0) this.finishBatch();
+    }
   }
 
   get negotiatedAbi(): 3 | 4 | undefined {
@@ -202,6 +240,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
 
   /** Periodic work (HELLO retries). Call every few hundred ms. */
   tick(nowMs: number): void {
+    this.lastTickMs = nowMs;
     if (this.abi.phase === 'negotiating' && nowMs - this.abi.lastHelloMs >= HELLO_RETRY_MS) {
       if (this.abi.attempts < HELLO_ATTEMPTS) {
         this.warn('hello', `no answer to HELLO from the kernel after ${HELLO_RETRY_MS} ms; sending it again`);
@@ -230,6 +269,15 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
 
   /** One receive batch from the netlink socket. */
   onBatch(datagrams: readonly ReceivedDatagram[]): void {
+    const gap = this.deps.now() - this.lastTickMs;
+    if (gap >= STALL_DROP_MS && !this.stale) {
+      this.stale = true;
+      this.deps.log.warn(
+        `the daemon stood still for ${Math.round(gap)} ms: requests read before the netlink socket drains ` +
+          'are not answered (the kernel gave up on them after 10 s; a late answer can crash it)',
+      );
+    }
+    this.batchRequests.clear();
     this.inBatch = true;
     try {
       this.receiveBatch(datagrams);
@@ -237,6 +285,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       this.inBatch = false;
     }
     this.finishBatch();
+    if (this.stale && datagrams.length < (this.deps.recvBatchSize ?? 64)) this.stale = false;
   }
 
   private receiveBatch(datagrams: readonly ReceivedDatagram[]): void {
@@ -290,14 +339,26 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   }
 
   private dispatch(k: KernelMessage): void {
+    if (this.stale && (k.op === 'reg_pid' || k.op === 'add' || k.op === 'query')) {
+      this.counters.lateDropped++;
+      this.warn('late', `not answering ${k.op} seq ${k.header.seq}: it waited out the stall, the kernel has given up on it`);
+      return;
+    }
     switch (k.op) {
       case 'reg_pid':
         return this.onRegPid(k);
-      case 'add':
-        return this.onAdd(k);
-      case 'query':
-        return this.onQuery(k);
+      case 'add': {
+        const from = this.out.length;
+        this.onAdd(k);
+        return this.trackRequest(k, from);
+      }
+      case 'query': {
+        const from = this.out.length;
+        const ticket = this.onQuery(k);
+        return this.trackRequest(k, from, ticket);
+      }
       case 'remove':
+        this.withdrawRequests(k);
         return this.onRemove(k);
       case 'mapinfo':
         return this.onMapinfo(k);
@@ -435,13 +496,15 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     });
   }
 
-  private onQuery(k: Extract<KernelMessage, { op: 'query' }>): void {
+  private onQuery(k: Extract<KernelMessage, { op: 'query' }>): QueryTicket {
     const seq = k.header.seq;
+    const ticket: QueryTicket = { withdrawn: false };
     let m = this.findLive(k.local.addr);
     if (m) {
       if (m.wildcard) {
         this.warn('qwild', `QUERY from ${formatAddr(k.local.addr)} matches the wildcard listener ${formatAddr(m.local)}`);
-        return this.handleErr(k.client, seq, IWPM_CREATE_MAPPING_ERR);
+        this.handleErr(k.client, seq, IWPM_CREATE_MAPPING_ERR);
+        return ticket;
       }
       m.refCount++;
     } else {
@@ -449,7 +512,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     }
     const mapping = m;
     const start = (): void => {
-      if (mapping.state === 'failed') return;
+      if (mapping.state === 'failed' || ticket.withdrawn) return;
       const q: PendingQuery = {
         id: this.nextQueryId++,
         client: k.client,
@@ -466,15 +529,51 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
         return;
       }
       this.queries.set(q.id, q);
+      ticket.queryId = q.id;
+      this.queriesPerMapping.set(mapping, (this.queriesPerMapping.get(mapping) ?? 0) + 1);
       this.afterFlush.push(() => {
         // A REMOVE later in the same batch may have cancelled it already.
         if (this.queries.has(q.id)) peer.startQuery({ id: q.id, local: k.local.addr, mapped: mapping.mapped, remote: k.remote.addr });
       });
     };
-    if (mapping.state !== 'pending') return start();
+    if (mapping.state !== 'pending') {
+      start();
+      return ticket;
+    }
     // Answered with HANDLE_ERR in arrival order if the reservation fails.
     this.out.push(() => (mapping.state === 'failed' ? this.errMsg(k.client, seq, IWPM_CREATE_MAPPING_ERR) : undefined));
     this.afterReserve.push(start);
+    return ticket;
+  }
+
+  /** Remember the replies an ADD/QUERY of this batch produced (out[from..]) so a REMOVE can withdraw them. */
+  private trackRequest(k: Extract<KernelMessage, { op: 'add' | 'query' }>, from: number, ticket?: QueryTicket): void {
+    const to = this.out.length;
+    const key = addrKey(k.local.addr);
+    const cancel = (): void => {
+      for (let i = from; i < to; i++) this.out[i] = () => undefined;
+      if (!ticket) return;
+      ticket.withdrawn = true;
+      if (ticket.queryId !== undefined) this.dropQuery(ticket.queryId);
+    };
+    const list = this.batchRequests.get(key);
+    if (list) list.push(cancel);
+    else this.batchRequests.set(key, [cancel]);
+  }
+
+  /**
+   * The kernel sends REMOVE for a cm_id only after its ADD/QUERY wait ended: an
+   * ADD/QUERY for the same address earlier in this read was given up on (we read it
+   * after the kernel's 10 s). Its answer would be late, so it is withdrawn.
+   */
+  private withdrawRequests(k: Extract<KernelMessage, { op: 'remove' }>): void {
+    const key = addrKey(k.local.addr);
+    const list = this.batchRequests.get(key);
+    if (!list) return;
+    this.batchRequests.delete(key);
+    for (const cancel of list) cancel();
+    this.counters.lateDropped += list.length;
+    this.warn('withdraw', `REMOVE ${formatAddr(k.local.addr)} follows its own request in one read: the kernel gave up on it; not answering`);
   }
 
   private onRemove(k: Extract<KernelMessage, { op: 'remove' }>): void {
@@ -577,12 +676,13 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     mappedPort: number,
   ): Mapping {
     // Built from zeroed bytes: family, IP, flowinfo and scope id of the local address, the mapped port.
-    const raw = encodeSockaddr({ ...local.addr, port: mappedPort });
+    const mapped = withPort(local.addr, mappedPort);
+    const raw = encodeSockaddr(mapped);
     return {
       id: this.table.newId(),
       local: local.addr,
       localRaw: local.raw,
-      mapped: { ...local.addr, port: mappedPort },
+      mapped,
       mappedRaw: raw,
       wildcard: isWildcard(local.addr),
       ownerClient: client,
@@ -635,7 +735,10 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     if (r.errno === 0) {
       m.fd = r.fd;
       m.state = 'bound';
-      if (how === 'reserve') this.table.setMapped(m, { ...m.local, port: r.port }, encodeSockaddr({ ...m.local, port: r.port }));
+      if (how === 'reserve') {
+        const mapped = withPort(m.local, r.port);
+        this.table.setMapped(m, mapped, encodeSockaddr(mapped));
+      }
       return;
     }
     const code = errnoName(r.errno);
@@ -688,14 +791,23 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   queryDone(id: number, outcome: QueryOutcome): void {
     const q = this.queries.get(id);
     if (!q) return;
-    this.queries.delete(id);
+    this.dropQuery(id);
     this.completeQuery(q, outcome);
-    this.finishBatch();
+    if (this.eventDepth === 0) this.finishBatch();
+  }
+
+  /** Forget a pending query (its answer will not be sent). */
+  private dropQuery(id: number): void {
+    const q = this.queries.get(id);
+    if (!q) return;
+    this.queries.delete(id);
+    const n = this.queriesPerMapping.get(q.mapping) ?? 0;
+    if (n > 1) this.queriesPerMapping.set(q.mapping, n - 1);
+    else this.queriesPerMapping.delete(q.mapping);
   }
 
   private completeQuery(q: PendingQuery, outcome: QueryOutcome): void {
-    const base = { seqAttr: q.kernelSeq, local: q.localRaw, remote: q.remote.raw, mappedLocal: q.mapping.mappedRaw };
-    let mappedRemote = q.remote.raw;
+    let mappedRemote: AddrValue = q.remote.raw;
     let err = 0;
     switch (outcome.kind) {
       case 'accepted':
@@ -723,7 +835,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
           (outcome.kind === 'accepted' ? ` (mapped remote ${formatAddr(outcome.mappedRemote)})` : ''),
       );
     }
-    this.out.push(this.msg(q.client, RDMA_NL_IWPM_QUERY_MAPPING, (h) => encodeQueryReply(h, q.client, { ...base, mappedRemote, err })));
+    const r = { seqAttr: q.kernelSeq, local: q.localRaw, remote: q.remote.raw, mappedLocal: q.mapping.mappedRaw, mappedRemote, err };
+    this.out.push(this.msg(q.client, RDMA_NL_IWPM_QUERY_MAPPING, (h) => encodeQueryReply(h, q.client, r)));
   }
 
   remoteInfo(info: RemoteInfo): void {
@@ -733,16 +846,17 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       this.msg(client, RDMA_NL_IWPM_REMOTE_INFO, (h) =>
         encodeRemoteInfo(h, client, {
           local: info.localRaw,
-          remote: encodeSockaddr(info.remote),
+          remote: info.remote,
           mappedLocal: info.mappedLocalRaw,
-          mappedRemote: encodeSockaddr(info.mappedRemote),
+          mappedRemote: info.mappedRemote,
         }),
       ),
     );
-    this.finishBatch();
+    if (this.eventDepth === 0) this.finishBatch();
   }
 
   private cancelQueriesOf(m: Mapping): void {
+    if (!this.queriesPerMapping.delete(m)) return;
     for (const [id, q] of this.queries) {
       if (q.mapping === m) {
         this.queries.delete(id);
@@ -803,6 +917,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   shutdown(): number {
     for (const id of this.queries.keys()) this.peer?.cancelQuery(id);
     this.queries.clear();
+    this.queriesPerMapping.clear();
     const all = this.table.clear();
     const held = all.filter((m) => m.fd >= 0).map((m) => ({ fd: m.fd, port: m.mapped.port }));
     held.push(...this.toClose);
@@ -815,6 +930,11 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   get pendingQueries(): number {
     return this.queries.size;
   }
+}
+
+interface QueryTicket {
+  withdrawn: boolean;
+  queryId?: number;
 }
 
 export interface MappingInfo {
@@ -841,11 +961,12 @@ function view(m: Mapping): ListenerView {
   };
 }
 
-/** The kernel's 128 bytes with IP and port replaced (keeps IPv6 scope id); unused bytes zero. */
-function withRawAddr(raw: Buffer, a: SockAddr): Buffer {
-  const b = encodeSockaddr(a);
-  if (a.family === 10 && raw.readUInt16LE(0) === 10) b.writeUInt32LE(raw.readUInt32LE(24), 24);
-  return b;
+/** The kernel's address with IP and port replaced (keeps IPv6 scope id); encoded from zeroed bytes. */
+function withRawAddr(raw: Buffer, a: SockAddr): SockAddr {
+  if (a.family === 10 && raw.readUInt16LE(0) === 10) {
+    return { family: a.family, port: a.port, ip: a.ip, flowinfo: a.flowinfo, scopeId: raw.readUInt32LE(24) };
+  }
+  return a;
 }
 
 function opName(op: number): string {

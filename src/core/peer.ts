@@ -136,15 +136,43 @@ export const DEFAULT_PEER_LIMITS: Readonly<PeerLimits> = Object.freeze({
   maxPeerBuckets: 65_536,
 });
 
-/** A UDP address as Node's dgram uses it. `ip` is text (may carry a `%zone`). */
+/** A UDP address. `ip` is text (may carry a `%zone`). */
 export interface PeerEndpoint {
   family: 4 | 6;
   ip: string;
   port: number;
-  /** IPv6 scope id for a destination built from a kernel address (io/ turns it into `%ifname`). */
+  /** IPv6 scope id (interface index): set on a destination built from a kernel address, and on sources a transport gives as bytes. */
   scopeId?: number;
-  /** The IP as 4 or 16 bytes when known (set on REQ destinations; a transport may set it on sources). */
+  /**
+   * The IP as 4 or 16 bytes when known (set on REQ destinations; a transport may set it on
+   * sources). When two sources both have it, peer identity is decided on these bytes and
+   * the scope id, without the text.
+   */
   raw?: Buffer;
+}
+
+/**
+ * A source address as a transport receives it: bytes, port and scope id. The text form
+ * (`ip`) is only made when something asks for it (logs, rate-limit keys of non-loopback
+ * peers), so the hot path formats no strings.
+ */
+export class RawEndpoint implements PeerEndpoint {
+  private text: string | undefined;
+  constructor(
+    readonly family: 4 | 6,
+    /** 4 or 16 bytes; the engine may keep the object, so the bytes must not be reused. */
+    readonly raw: Buffer,
+    readonly port: number,
+    readonly scopeId: number = 0,
+  ) {}
+
+  get ip(): string {
+    if (this.text === undefined) {
+      const t = formatIp({ family: this.family === 4 ? AF_INET : AF_INET6, ip: this.raw });
+      this.text = this.scopeId ? `${t}%${this.scopeId}` : t;
+    }
+    return this.text;
+  }
 }
 
 /**
@@ -196,6 +224,8 @@ export interface PeerCounters {
   queriesRejected: number;
   queriesTimedOut: number;
   queriesFailed: number;
+  /** Of queriesFailed: failed because the transport reported the peer unreachable (destinationFailed). */
+  queriesUnreachable: number;
   queriesCancelled: number;
   acceptsStarted: number;
   acceptsCompleted: number;
@@ -245,6 +275,7 @@ function newCounters(): PeerCounters {
     queriesRejected: 0,
     queriesTimedOut: 0,
     queriesFailed: 0,
+    queriesUnreachable: 0,
     queriesCancelled: 0,
     acceptsStarted: 0,
     acceptsCompleted: 0,
@@ -268,6 +299,10 @@ interface QueryConv extends Timed {
   kind: 'query';
   id: number;
   handle: bigint;
+  /** The handle's high and low 32 bits, and its table key (handleKey). */
+  hi: number;
+  lo: number;
+  key: number;
   local: SockAddr;
   remote: SockAddr;
   dest: PeerEndpoint;
@@ -297,11 +332,14 @@ interface PeerBucket {
 
 interface AcceptConv extends Timed {
   kind: 'accept';
-  handle: bigint;
+  /** The peer's handle: high and low 32 bits, and its table key (handleKey). */
+  hi: number;
+  lo: number;
+  key: number;
   /** The listener's mapped wire address as sent in the ACC (duplicate key with handle and peer IP). */
   wirePort: number;
   wireIp: Buffer;
-  peerIp: string;
+  /** Where the REQ came from (peer identity: samePeerIp). */
   src: PeerEndpoint;
   via: number | undefined;
   acc: Buffer;
@@ -424,16 +462,16 @@ class Fifo<T> {
   }
 }
 
-/** Recently used handles: a set plus a ring of (handle, until) in time order. */
+/** Recently used handles (by table key): a set plus a ring of (key, until) in time order. */
 class Quarantine {
-  private readonly set = new Set<bigint>();
-  private readonly handles: BigUint64Array;
+  private readonly set = new Set<number>();
+  private readonly handles: Int32Array;
   private readonly until: Float64Array;
   private head = 0;
   private count = 0;
 
   constructor(private readonly capacity: number) {
-    this.handles = new BigUint64Array(capacity);
+    this.handles = new Int32Array(capacity);
     this.until = new Float64Array(capacity);
   }
 
@@ -441,11 +479,11 @@ class Quarantine {
     return this.count;
   }
 
-  has(h: bigint): boolean {
+  has(h: number): boolean {
     return this.set.has(h);
   }
 
-  add(h: bigint, untilMs: number): void {
+  add(h: number, untilMs: number): void {
     if (this.capacity === 0 || this.set.has(h)) return;
     if (this.count === this.capacity) this.dropOldest();
     const i = (this.head + this.count) % this.capacity;
@@ -479,6 +517,31 @@ class Quarantine {
 
 function isLoopback(ip: string): boolean {
   return ip.startsWith('127.') || ip === '::1' || ip.startsWith('::ffff:127.');
+}
+
+/** 127/8, ::1 or ::ffff:127/104, from the address bytes. */
+function isLoopbackRaw(raw: Buffer): boolean {
+  if (raw.length === 4) return raw[0] === 127;
+  for (let i = 0; i < 10; i++) if (raw[i] !== 0) return false;
+  if (raw[10] === 0xff && raw[11] === 0xff) return raw[12] === 127;
+  if (raw[10] !== 0 || raw[11] !== 0 || raw[12] !== 0 || raw[13] !== 0 || raw[14] !== 0) return false;
+  return raw[15] === 1;
+}
+
+function endpointIsLoopback(e: PeerEndpoint): boolean {
+  return e.raw !== undefined ? isLoopbackRaw(e.raw) : isLoopback(e.ip);
+}
+
+/** Same peer IP: on the bytes and scope id when both have them, else on the text. */
+function samePeerIp(a: PeerEndpoint, b: PeerEndpoint): boolean {
+  const ar = a.raw;
+  const br = b.raw;
+  if (ar !== undefined && br !== undefined) {
+    if (ar.length !== br.length || (a.scopeId ?? 0) !== (b.scopeId ?? 0)) return false;
+    for (let i = 0; i < ar.length; i++) if (ar[i] !== br[i]) return false;
+    return true;
+  }
+  return a.ip === b.ip;
 }
 
 function sameBytes(a: Buffer, aOff: number, b: Buffer, n: number): boolean {
@@ -520,6 +583,15 @@ function copyIp(b: Buffer, off: number, ipVersion: number): Buffer {
 
 const EMPTY = Buffer.alloc(0);
 
+/** Two random 32-bit values (Web Crypto when present; only used to key hash tables). */
+function randomSeed(): Uint32Array {
+  const a = new Uint32Array(2);
+  const c = (globalThis as { crypto?: { getRandomValues?(a: Uint32Array): Uint32Array } }).crypto;
+  if (c?.getRandomValues) c.getRandomValues(a);
+  else for (let i = 0; i < 2; i++) a[i] = Math.floor(Math.random() * 2 ** 32);
+  return a;
+}
+
 // ---------------------------------------------------------------------------
 
 export class PeerEngine implements PeerPort {
@@ -532,13 +604,20 @@ export class PeerEngine implements PeerPort {
 
   private readonly heap = new DeadlineHeap();
   private readonly queriesById = new Map<number, QueryConv>();
-  private readonly queriesByHandle = new Map<bigint, QueryConv>();
-  private readonly ackTrackers = new Map<bigint, AckTracker>();
+  /**
+   * Handle tables are keyed by handleKey (a 32-bit number: far cheaper than BigInt keys);
+   * a lookup is confirmed on the full 64 bits. Our own handles are unique by key.
+   */
+  private readonly queriesByHandle = new Map<number, QueryConv>();
+  private readonly ackTrackers = new Map<number, AckTracker>();
   /** Trackers in expiry order (a refreshed one moves to the back when it reaches the front). */
   private readonly trackerQueue = new Fifo<AckTracker>();
   private readonly quarantine: Quarantine;
-  /** handle → ACCEPT conversations (normally one; more for other peer IPs or listeners). */
-  private readonly accepts = new Map<bigint, AcceptConv[]>();
+  /** Peer handle (key) → ACCEPT conversations (normally one; more for other peer IPs or listeners). */
+  private readonly accepts = new Map<number, AcceptConv[]>();
+  /** Secret mixing values of handleKey, so peers cannot aim many handles at one key. */
+  private readonly keyXor: number;
+  private readonly keyMul: number;
   private readonly lingering = new Fifo<AcceptConv>();
   private liveAccepts = 0;
   private readonly buckets = new Map<string, PeerBucket>();
@@ -564,6 +643,9 @@ export class PeerEngine implements PeerPort {
     }
     if (!(t.reqBackoff >= 1 && t.accBackoff >= 1)) throw new RangeError('backoff factors must be >= 1');
     this.quarantine = new Quarantine(Math.max(0, Math.floor(this.limits.maxQuarantinedHandles)));
+    const seed = randomSeed();
+    this.keyXor = seed[0]! | 0;
+    this.keyMul = seed[1]! | 1;
     this.lastHousekeepingMs = deps.now();
     this.overflowBucket = { tokens: this.limits.reqBurstPerPeer, lastMs: this.lastHousekeepingMs, live: 0 };
   }
@@ -594,6 +676,9 @@ export class PeerEngine implements PeerPort {
       return this.defer(q.id, { kind: 'failed', reason: `too many outstanding queries (${this.limits.maxQueries})` });
     }
     const handle = this.newHandle();
+    const hi = Number(handle >> 32n);
+    const lo = Number(handle & 0xffffffffn);
+    const key = this.handleKey(hi, lo);
     const ipVersion = local.family === AF_INET ? 4 : 6;
     const req = encodePeerMessage({
       type: PM_MSG_REQ,
@@ -611,7 +696,7 @@ export class PeerEngine implements PeerPort {
     const rto = this.rtoMs();
     if (remote.family === AF_INET6 && remote.scopeId) dest.scopeId = remote.scopeId;
     if (!this.trySend(dest, req, undefined)) {
-      this.quarantine.add(handle, now + this.timing.handleQuarantineMs);
+      this.quarantine.add(key, now + this.timing.handleQuarantineMs);
       return this.defer(q.id, { kind: 'failed', reason: `cannot send to ${dest.ip} (no IPv${ipVersion} socket)` });
     }
     this.counters.txReq++;
@@ -619,6 +704,9 @@ export class PeerEngine implements PeerPort {
       kind: 'query',
       id: q.id,
       handle,
+      hi,
+      lo,
+      key,
       local,
       remote,
       dest,
@@ -634,7 +722,7 @@ export class PeerEngine implements PeerPort {
       heapPos: -1,
     };
     this.queriesById.set(q.id, conv);
-    this.queriesByHandle.set(handle, conv);
+    this.queriesByHandle.set(key, conv);
     this.heap.set(conv, Math.min(conv.nextSendAtMs, conv.giveUpAtMs));
     if (this.log.debugEnabled) {
       this.log.debug(`peer: REQ h=${handle.toString(16)} query ${q.id} to ${dest.ip}:${dest.port}`);
@@ -647,6 +735,44 @@ export class PeerEngine implements PeerPort {
     if (!conv) return;
     this.counters.queriesCancelled++;
     this.dropQuery(conv, this.deps.now());
+  }
+
+  /**
+   * The transport learned that UDP `port` at the IP in `addr[off, off + 4|16)` cannot be
+   * reached (an ICMP port unreachable for a REQ: no port mapper there; or a send that
+   * failed for good). Every live query whose REQs go there is dropped at once and fails
+   * (delivered by the next tick, as other failures) instead of waiting for the give-up.
+   * Returns how many queries failed.
+   */
+  destinationFailed(family: 4 | 6, addr: Uint8Array, off: number, port: number, reason: string): number {
+    if (this.queriesById.size === 0) return 0;
+    const n = family === 4 ? 4 : 16;
+    const now = this.deps.now();
+    let failed = 0;
+    let where = '';
+    for (const q of this.queriesById.values()) {
+      const d = q.dest;
+      if (d.port !== port || d.family !== family) continue;
+      const raw = d.raw;
+      if (raw === undefined || raw.length !== n) continue;
+      let same = true;
+      for (let i = 0; i < n; i++) {
+        if (raw[i] !== addr[off + i]) {
+          same = false;
+          break;
+        }
+      }
+      if (!same) continue;
+      if (failed === 0) where = `${d.ip}:${d.port}`;
+      failed++;
+      this.dropQuery(q, now);
+      this.defer(q.id, { kind: 'failed', reason: `${where}: ${reason}` });
+    }
+    if (failed > 0) {
+      this.counters.queriesUnreachable += failed;
+      this.warn('unreach', `peer: ${where} unreachable (${reason}); ${failed} quer${failed === 1 ? 'y' : 'ies'} to it failed`);
+    }
+    return failed;
   }
 
   // -------------------------------------------------------------------------
@@ -696,7 +822,7 @@ export class PeerEngine implements PeerPort {
 
   private onReq(b: Buffer, ipVersion: number, src: PeerEndpoint, via: number | undefined): void {
     const now = this.deps.now();
-    const bucket = this.bucketFor(src.ip, now);
+    const bucket = this.bucketFor(src, now);
     if (bucket.tokens < 1) {
       this.counters.reqRateLimited++;
       this.warn('ratelimit', `peer: REQ rate limit for ${src.ip} (dropping)`);
@@ -722,18 +848,23 @@ export class PeerEngine implements PeerPort {
       return;
     }
 
-    const handle = b.readBigUInt64BE(OFF_HANDLE);
-    let list = this.accepts.get(handle);
+    const hi = b.readUInt32BE(OFF_HANDLE);
+    const lo = b.readUInt32BE(OFF_HANDLE + 4);
+    const key = this.handleKey(hi, lo);
+    let list = this.accepts.get(key);
     if (list) {
+      let same = 0;
       for (const c of list) {
-        if (c.peerIp === src.ip && c.wirePort === wirePort && c.wireIp.equals(wireIp)) {
+        if (c.lo !== lo || c.hi !== hi) continue;
+        if (c.wirePort === wirePort && samePeerIp(c.src, src) && c.wireIp.equals(wireIp)) {
           // A retransmitted REQ (our ACC or the peer's REQ got lost): the same ACC again.
           this.counters.reqDuplicate++;
           this.sendCounted(src, c.acc, via, 'txAccDuplicateReq');
           return;
         }
+        same++;
       }
-      if (list.length >= this.limits.maxSameHandle) {
+      if (same >= this.limits.maxSameHandle) {
         this.counters.reqCapDropped++;
         return;
       }
@@ -747,10 +878,11 @@ export class PeerEngine implements PeerPort {
     const acc = replyFromRaw(b, PM_MSG_ACC, { ip: wireIp, port: wirePort });
     const conv: AcceptConv = {
       kind: 'accept',
-      handle,
+      hi,
+      lo,
+      key,
       wirePort,
       wireIp,
-      peerIp: src.ip,
       src,
       via,
       acc,
@@ -765,7 +897,7 @@ export class PeerEngine implements PeerPort {
     };
     if (!list) {
       list = [];
-      this.accepts.set(handle, list);
+      this.accepts.set(key, list);
     }
     list.push(conv);
     this.liveAccepts++;
@@ -787,7 +919,9 @@ export class PeerEngine implements PeerPort {
   }
 
   private onAck(b: Buffer, ipVersion: number, src: PeerEndpoint): void {
-    const list = this.accepts.get(b.readBigUInt64BE(OFF_HANDLE));
+    const hi = b.readUInt32BE(OFF_HANDLE);
+    const lo = b.readUInt32BE(OFF_HANDLE + 4);
+    const list = this.accepts.get(this.handleKey(hi, lo));
     let conv: AcceptConv | undefined;
     if (list) {
       const apPort = b.readUInt16BE(OFF_APPORT);
@@ -795,8 +929,9 @@ export class PeerEngine implements PeerPort {
       // Prefer the conversation of the ACK's sender; a multi-homed peer may ACK from another IP.
       let other: AcceptConv | undefined;
       for (const c of list) {
+        if (c.lo !== lo || c.hi !== hi) continue;
         if (c.wirePort !== apPort || c.wireIp.length !== n || !sameBytes(b, OFF_APIP, c.wireIp, n)) continue;
-        if (c.peerIp === src.ip) {
+        if (samePeerIp(c.src, src)) {
           conv = c;
           break;
         }
@@ -828,20 +963,22 @@ export class PeerEngine implements PeerPort {
   }
 
   private forgetAccept(conv: AcceptConv): void {
-    const list = this.accepts.get(conv.handle);
+    const list = this.accepts.get(conv.key);
     if (!list) return;
     const i = list.indexOf(conv);
     if (i < 0) return;
-    if (list.length === 1) this.accepts.delete(conv.handle);
+    if (list.length === 1) this.accepts.delete(conv.key);
     else list.splice(i, 1);
   }
 
   // Connecting side ------------------------------------------------------------
 
   private onAcc(b: Buffer, ipVersion: number, src: PeerEndpoint, via: number | undefined): void {
-    const handle = b.readBigUInt64BE(OFF_HANDLE);
-    const q = this.queriesByHandle.get(handle);
-    if (q && matchesLocal(q.local, b, ipVersion)) {
+    const hi = b.readUInt32BE(OFF_HANDLE);
+    const lo = b.readUInt32BE(OFF_HANDLE + 4);
+    const key = this.handleKey(hi, lo);
+    const q = this.queriesByHandle.get(key);
+    if (q && q.lo === lo && q.hi === hi && matchesLocal(q.local, b, ipVersion)) {
       const now = this.deps.now();
       this.finishQuery(q);
       this.sampleRtt(q, now);
@@ -857,15 +994,15 @@ export class PeerEngine implements PeerPort {
       // the query stays on as the ACK tracker
       q.req = EMPTY;
       q.trackerUntilMs = now + this.timing.ackTrackerMs;
-      this.ackTrackers.set(handle, q);
+      this.ackTrackers.set(key, q);
       this.trackerQueue.push(q);
       if (this.ackTrackers.size > this.limits.maxAckTrackers) this.expireTrackers(now, true);
       this.deps.events.queryDone(q.id, { kind: 'accepted', mappedRemote });
       this.sendCounted(src, replyFromRaw(b, PM_MSG_ACK), via, 'txAck');
       return;
     }
-    const t = this.ackTrackers.get(handle);
-    if (t && matchesLocal(t.local, b, ipVersion)) {
+    const t = this.ackTrackers.get(key);
+    if (t && t.lo === lo && t.hi === hi && matchesLocal(t.local, b, ipVersion)) {
       // Our ACK got lost and the peer retransmitted its ACC: ACK again.
       this.counters.accDuplicate++;
       t.trackerUntilMs = this.deps.now() + this.timing.ackTrackerMs;
@@ -877,8 +1014,10 @@ export class PeerEngine implements PeerPort {
   }
 
   private onRej(b: Buffer, ipVersion: number): void {
-    const q = this.queriesByHandle.get(b.readBigUInt64BE(OFF_HANDLE));
-    if (!q || !matchesLocal(q.local, b, ipVersion)) {
+    const hi = b.readUInt32BE(OFF_HANDLE);
+    const lo = b.readUInt32BE(OFF_HANDLE + 4);
+    const q = this.queriesByHandle.get(this.handleKey(hi, lo));
+    if (!q || q.lo !== lo || q.hi !== hi || !matchesLocal(q.local, b, ipVersion)) {
       this.counters.rejStale++;
       return;
     }
@@ -892,19 +1031,19 @@ export class PeerEngine implements PeerPort {
   private finishQuery(q: QueryConv): void {
     this.heap.remove(q);
     this.queriesById.delete(q.id);
-    this.queriesByHandle.delete(q.handle);
+    this.queriesByHandle.delete(q.key);
   }
 
   private dropQuery(q: QueryConv, now: number): void {
     this.finishQuery(q);
-    this.quarantine.add(q.handle, now + this.timing.handleQuarantineMs);
+    this.quarantine.add(q.key, now + this.timing.handleQuarantineMs);
   }
 
   /** Expire the trackers due at `now`; with `one`, the oldest one whatever its time (cap). */
   private expireTrackers(now: number, one = false): void {
     const queue = this.trackerQueue;
     for (let t = queue.peek(); t; t = queue.peek()) {
-      if (this.ackTrackers.get(t.handle) !== t) {
+      if (this.ackTrackers.get(t.key) !== t) {
         queue.shift();
         continue;
       }
@@ -917,8 +1056,8 @@ export class PeerEngine implements PeerPort {
       }
       if (!one && t.trackerUntilMs > now) return;
       queue.shift();
-      this.ackTrackers.delete(t.handle);
-      this.quarantine.add(t.handle, now + this.timing.handleQuarantineMs);
+      this.ackTrackers.delete(t.key);
+      this.quarantine.add(t.key, now + this.timing.handleQuarantineMs);
       if (one) return;
     }
   }
@@ -946,19 +1085,32 @@ export class PeerEngine implements PeerPort {
 
   // Handles -------------------------------------------------------------------
 
-  /** A random non-zero 64-bit handle not used by any live conversation, tracker or recent one. */
+  /**
+   * A random non-zero 64-bit handle not used by any live conversation, tracker or recent
+   * one. Stricter than that: its key (handleKey) is unused too, so our tables never hold
+   * two of our handles under one key.
+   */
   private newHandle(): bigint {
     for (;;) {
       const h = BigInt.asUintN(64, this.deps.random64());
-      if (h !== 0n && !this.queriesByHandle.has(h) && !this.ackTrackers.has(h) && !this.quarantine.has(h)) return h;
+      if (h !== 0n) {
+        const k = this.handleKey(Number(h >> 32n), Number(h & 0xffffffffn));
+        if (!this.queriesByHandle.has(k) && !this.ackTrackers.has(k) && !this.quarantine.has(k)) return h;
+      }
       this.counters.handleCollisions++;
     }
   }
 
+  /** Table key of a 64-bit handle given as two 32-bit halves: a keyed mix, a small integer. */
+  private handleKey(hi: number, lo: number): number {
+    return (Math.imul(hi ^ this.keyXor, this.keyMul) ^ lo) | 0;
+  }
+
   // Rate limiting -------------------------------------------------------------
 
-  private bucketFor(ip: string, now: number): PeerBucket {
-    if (!this.limits.rateLimitLoopback && isLoopback(ip)) return this.loopbackBucket;
+  private bucketFor(src: PeerEndpoint, now: number): PeerBucket {
+    if (!this.limits.rateLimitLoopback && endpointIsLoopback(src)) return this.loopbackBucket;
+    const ip = src.ip;
     let b = this.buckets.get(ip);
     if (!b) {
       if (this.buckets.size >= this.limits.maxPeerBuckets) {

@@ -5,6 +5,7 @@
  */
 import type { IwpmDaemon } from '../core/daemon.js';
 import type { Logger } from '../core/log.js';
+import type { UdpSocketConstructor } from '../native/types.js';
 import { StartupError } from './errors.js';
 import { PeerIo, type PeerIoStatus } from './udp.js';
 
@@ -14,8 +15,23 @@ export interface PeerHandle {
   describe(): unknown;
 }
 
-export async function startPeer(o: { daemon: IwpmDaemon; log: Logger; port: number }): Promise<PeerHandle | undefined> {
-  const io = new PeerIo({ events: o.daemon, lookup: o.daemon, log: o.log, port: o.port });
+export async function startPeer(o: {
+  daemon: IwpmDaemon;
+  log: Logger;
+  port: number;
+  /** The native UdpSocket (default: the addon). */
+  udp?: UdpSocketConstructor;
+}): Promise<PeerHandle | undefined> {
+  const daemon = o.daemon;
+  const io = new PeerIo({
+    events: daemon,
+    lookup: daemon,
+    log: o.log,
+    port: o.port,
+    udp: o.udp,
+    // all netlink output of one UDP batch (or tick) leaves in one send
+    batch: (fn) => daemon.runBatch(fn),
+  });
   let status: PeerIoStatus;
   try {
     status = await io.start();

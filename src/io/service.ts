@@ -24,6 +24,8 @@ export const IWARP_PM_PORT = 3935;
 export const TICK_MS = 100;
 /** File descriptors the fd table is grown to at start (bounded by RLIMIT_NOFILE). */
 export const PREGROW_FDS = 131072;
+/** Datagrams drained per netlink wakeup. */
+export const NL_RECV_BATCH = 64;
 
 export interface ServiceOptions {
   config: DaemonConfig;
@@ -99,6 +101,7 @@ export class Service {
           portId,
           groups: 1 << (this.opts.nlGroup - 1),
           rcvbufBytes,
+          batchSize: NL_RECV_BATCH,
         },
         (batch) => this.onBatch(batch),
         (err) => log.warn(`netlink send failed${err.index !== undefined ? ` (datagram ${err.index})` : ''}: ${err.message}`),
@@ -148,6 +151,7 @@ export class Service {
       now: () => performance.now(),
       portId: nl.portId,
       kernelPortId,
+      recvBatchSize: NL_RECV_BATCH,
     });
 
     this.peer = await startPeer({ daemon: this.daemon, log, port: this.opts.udpPort });

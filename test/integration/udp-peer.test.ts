@@ -1,6 +1,7 @@
 /**
- * Two PeerEngines over real UDP sockets (node:dgram) on 127.0.0.1 and ::1, each behind
- * its own PeerIo with its own ports, and an in-memory listener table.
+ * Two PeerEngines over real UDP sockets (the native UdpSocket) on 127.0.0.1 and ::1, each
+ * behind its own PeerIo with its own ports, and an in-memory listener table. Raw test
+ * peers use node:dgram.
  */
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
@@ -11,6 +12,7 @@ import { MemoryLogger } from '../../src/core/log.js';
 import type { PeerEvents, QueryOutcome, RemoteInfo } from '../../src/core/peer-api.js';
 import type { PeerTiming } from '../../src/core/peer.js';
 import { PEER_SOCKET_BUFFER_BYTES, PeerIo, type PeerIoOptions } from '../../src/io/udp.js';
+import { native, type UdpBatch, type UdpSocket, type UdpSocketConstructor, type UdpSocketOptions } from '../../src/native/index.js';
 import { TestListeners } from '../support/listeners.js';
 
 class Events implements PeerEvents {
@@ -75,6 +77,48 @@ function ipv6Usable(): boolean {
     return false;
   }
 }
+
+/** What one socket did: datagrams per send() call, datagrams per receive batch. */
+interface SocketLog {
+  opts: UdpSocketOptions;
+  sends: number[];
+  batches: number[];
+}
+
+/** The real native UdpSocket, with its send() calls and receive batches counted. */
+function countingUdp(logs: SocketLog[]): UdpSocketConstructor {
+  return function (opts: UdpSocketOptions, onBatch: (b: UdpBatch) => void, onError: (e: Error) => void): UdpSocket {
+    const log: SocketLog = { opts, sends: [], batches: [] };
+    logs.push(log);
+    const s = new native.UdpSocket(
+      opts,
+      (b) => {
+        if (b.count > 0) log.batches.push(b.count);
+        onBatch(b);
+      },
+      onError,
+    );
+    return {
+      get port() {
+        return s.port;
+      },
+      get rcvbufBytes() {
+        return s.rcvbufBytes;
+      },
+      get sndbufBytes() {
+        return s.sndbufBytes;
+      },
+      send(d, a, p, sc) {
+        log.sends.push(d.length);
+        return s.send(d, a, p, sc);
+      },
+      stats: () => s.stats(),
+      close: () => s.close(),
+    };
+  } as unknown as UdpSocketConstructor;
+}
+
+const sum = (a: number[]): number => a.reduce((x, y) => x + y, 0);
 
 const families = [
   { name: 'IPv4', lo: '127.0.0.1', wild: '0.0.0.0' },
@@ -162,6 +206,103 @@ describe('PeerIo: two engines over real UDP', () => {
     expect(b.events.infos).toHaveLength(256 + 2048);
     expect(a.io.stats().udpSendErrors).toBe(0);
   });
+
+  it('batches: a burst of queries leaves in one sendmmsg; each receive batch is answered with one send per socket', async () => {
+    const logsA: SocketLog[] = [];
+    const logsB: SocketLog[] = [];
+    const timing = { reqFirstRetransmitMs: 7_000, accFirstRetransmitMs: 7_000, queryGiveUpMs: 7_500 };
+    const a = await host({ timing, udp: countingUdp(logsA), ipv6: 'off' });
+    const b = await host({ timing, udp: countingUdp(logsB), ipv6: 'off' });
+    a.io.setPeerPort(b.port);
+    b.listeners.add('0.0.0.0', 5000, 33333);
+    const n = 256;
+    for (let id = 0; id < n; id++) {
+      a.io.startQuery({ id, local: parseIp('127.0.0.1', 10000 + id), mapped: parseIp('127.0.0.1', 20000 + id), remote: parseIp('127.0.0.1', 5000) });
+    }
+    await a.events.waitFor(n, 10_000);
+    await new Promise((r) => setTimeout(r, 100)); // the last ACKs
+    const [aServer, aClient] = logsA;
+    const [bServer, bClient] = logsB;
+    // all 256 REQs in one call (collected until the end of the current callback)
+    expect(aClient!.sends[0]).toBe(n);
+    expect(sum(aClient!.sends)).toBe(2 * n); // REQs, then the ACKs
+    // B: one ACC send per receive batch of REQs (and nothing on its client socket)
+    expect(sum(bServer!.batches)).toBe(2 * n); // REQs and ACKs
+    expect(sum(bServer!.sends)).toBe(n);
+    expect(bServer!.sends.length).toBeLessThanOrEqual(bServer!.batches.length);
+    expect(bClient!.sends).toEqual([]);
+    // A: one ACK send per receive batch of ACCs
+    expect(aClient!.sends.length - 1).toBeLessThanOrEqual(aClient!.batches.length);
+    expect(aServer!.sends).toEqual([]);
+    expect(a.io.stats()).toMatchObject({ queriesAccepted: n, txReqRetransmit: 0, udpSent: 2 * n, udpSendErrors: 0 });
+    expect(b.io.stats()).toMatchObject({ acceptsCompleted: n, txAccRetransmit: 0, udpReceived: 2 * n });
+    console.log(`batches: A client sends ${JSON.stringify(aClient!.sends)}, B server receive batches ${bServer!.batches.length}, sends ${bServer!.sends.length}`);
+  });
+
+  it('the batch hook wraps every receive batch and tick that delivers events', async () => {
+    let depth = 0;
+    let wrapped = 0;
+    let outside = 0;
+    const a = await host({
+      batch: (fn) => {
+        depth++;
+        wrapped++;
+        try {
+          fn();
+        } finally {
+          depth--;
+        }
+      },
+    });
+    const b = await host();
+    a.io.setPeerPort(b.port);
+    b.listeners.add('0.0.0.0', 5000, 33333);
+    // count outcomes delivered outside the hook
+    const orig = a.events.queryDone.bind(a.events);
+    a.events.queryDone = (id, o) => {
+      if (depth === 0) outside++;
+      orig(id, o);
+    };
+    for (let id = 0; id < 20; id++) {
+      a.io.startQuery({ id, local: parseIp('127.0.0.1', 10000 + id), mapped: parseIp('127.0.0.1', 20000 + id), remote: parseIp('127.0.0.1', id < 10 ? 5000 : 5999) });
+    }
+    a.io.startQuery({ id: 99, local: parseIp('::1', 1), mapped: parseIp('::1', 2), remote: parseIp('127.0.0.1', 5000) }); // mixed: failed at the next tick
+    await a.events.waitFor(21);
+    expect(outside).toBe(0);
+    expect(wrapped).toBeGreaterThan(0);
+    expect([...a.events.done.values()].filter((d) => d.outcome.kind === 'accepted')).toHaveLength(10);
+  });
+
+  for (const f of families) {
+    it(`${f.name}: nobody on the peer's port (ICMP port unreachable): its queries fail at once, not at the give-up`, async () => {
+      if (f.name === 'IPv6' && !ipv6Usable()) {
+        console.log('skipped: IPv6 disabled on loopback');
+        return;
+      }
+      const a = await host(); // default give-up: 8 s
+      // a port nobody listens on
+      const tmp = dgram.createSocket(f.name === 'IPv4' ? 'udp4' : 'udp6');
+      await new Promise<void>((r) => tmp.bind(0, f.lo, () => r()));
+      const deadPort = tmp.address().port;
+      await new Promise<void>((r) => tmp.close(() => r()));
+      a.io.setPeerPort(deadPort);
+      const t0 = performance.now();
+      for (let id = 1; id <= 3; id++) {
+        a.io.startQuery({ id, local: parseIp(f.lo, 40000 + id), mapped: parseIp(f.lo, 41000 + id), remote: parseIp(f.lo, 5000) });
+      }
+      await a.events.waitFor(3, 5_000);
+      const ms = performance.now() - t0;
+      for (const d of a.events.done.values()) {
+        expect(d.outcome.kind).toBe('failed');
+        if (d.outcome.kind === 'failed') expect(d.outcome.reason).toMatch(/ICMP port unreachable/);
+      }
+      expect(ms).toBeLessThan(1_000);
+      expect(a.io.stats()).toMatchObject({ queriesUnreachable: 3, liveQueries: 0 });
+      expect(a.io.stats().icmpPortUnreachable).toBeGreaterThanOrEqual(1);
+      expect(a.log.has(/unreachable/, 'warn')).toBe(true);
+      console.log(`${f.name}: 3 queries to a closed port failed after ${ms.toFixed(1)} ms`);
+    });
+  }
 
   it('a silent peer: timeout before the configured give-up, nothing left behind', async () => {
     const a = await host({ timing: { queryGiveUpMs: 800 } });

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Decodes an strace log of a port mapper daemon (ours or rdma-core's iwpmd)
 // taken with
-//   strace -f -tt -yy -s 0 -e trace=sendmsg,recvmsg,sendto,recvfrom,sendmmsg,recvmmsg \
+//   strace -f -tt -yy -s 32 -e trace=sendmsg,recvmsg,sendto,recvfrom,sendmmsg,recvmmsg \
 //          -e read=all -e write=all -o FILE <daemon>
 // into one line per NETLINK_RDMA message / UDP 3935 datagram:
 //   12:00:01.123456 in  nl 0x0802 QUERY_MAPPING      seq=5 pid=0 flags=0x1 [1]=u32:3 [2]=192.0.2.1:7174 ...
@@ -192,18 +192,25 @@ function decodeUdp(buf) {
 
 // ---------------------------------------------------------------- classify
 function proto(rec) {
+  const fd = fdOf(rec); // with -yy: "17<NETLINK:[RDMA:710]>", "19<UDP:[0.0.0.0:60349]>"
+  if (fd.includes('<NETLINK')) return 'nl';
+  if (/<UDPv?6?:/.test(fd)) return 'udp';
+  if (fd.includes('<')) return '?';
   const h = rec.head;
   if (/NETLINK|AF_NETLINK|nl_pid=/.test(h)) return 'nl';
   if (/UDP|AF_INET6?\b|sin_port|sin6_port/.test(h)) return 'udp';
   if (/UNIX|AF_UNIX/.test(h)) return 'unix';
   return '?';
 }
-function peerOf(rec) {
-  const m = /sin_port=htons\((\d+)\), sin_addr=inet_addr\("([\d.]+)"\)/.exec(rec.head);
-  if (m) return `${m[2]}:${m[1]}`;
-  const m6 = /sin6_port=htons\((\d+)\).*?inet_pton\(AF_INET6, "([^"]+)"/.exec(rec.head);
-  if (m6) return `[${m6[2]}]:${m6[1]}`;
-  return '';
+// Peer addresses in the call, in order (one per message for the *mmsg calls;
+// strace abbreviates those vectors to "[...]" when -s is smaller than their
+// element count, so use -s 32 or more to keep them).
+function peersOf(rec) {
+  const out = [];
+  const re = /sin_port=htons\((\d+)\), sin_addr=inet_addr\("([\d.]+)"\)|sin6_port=htons\((\d+)\).*?inet_pton\(AF_INET6, "([^"]+)"/g;
+  let m;
+  while ((m = re.exec(rec.head))) out.push(m[1] ? `${m[2]}:${m[1]}` : `[${m[4]}]:${m[3]}`);
+  return out;
 }
 function fdOf(rec) {
   const m = /^\w+\((\d+)(<[^>]*>)?/.exec(rec.head);
@@ -226,13 +233,14 @@ for (const rec of records) {
   if (!/mmsg$/.test(rec.sc) && bufs.length > 1) bufs = [Buffer.concat(bufs)];
   // (for the *mmsg calls the return value is a message count, not a length)
   if (!/mmsg$/.test(rec.sc) && bufs.length === 1 && bufs[0].length > rec.ret) bufs = [bufs[0].subarray(0, rec.ret)];
-  for (const b of bufs) {
+  const peers = pr === 'udp' ? peersOf(rec) : [];
+  bufs.forEach((b, i) => {
     if (pr === 'nl') {
       for (const m of decodeNetlink(b)) msgs.push({ time: rec.time, dir, ...m, datagram: b.length });
     } else {
-      msgs.push({ time: rec.time, dir, ...decodeUdp(b), peer: peerOf(rec), fd: fdOf(rec) });
+      msgs.push({ time: rec.time, dir, ...decodeUdp(b), peer: peers[i] ?? peers[0] ?? '', fd: fdOf(rec) });
     }
-  }
+  });
 }
 
 function fmt(m) {

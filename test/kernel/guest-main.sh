@@ -23,9 +23,12 @@ NETDEV=kt0
 CTL=/run/iwpmd.sock
 TRACE=sendmsg,recvmsg,sendto,recvfrom,sendmmsg,recvmmsg
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-DECODE="node $HERE/decode-strace.mjs"
-IWPMCTL="node $P/dist/cli/iwpmctl.js --control $CTL"
-SCENARIOS=${KT_SCENARIOS:-nodaemon ref ours compare}
+NODE=${KT_NODE:-node}
+[ -x "$NODE" ] || NODE=node
+export PATH="$(dirname "$NODE"):$PATH"
+DECODE="$NODE $HERE/decode-strace.mjs"
+IWPMCTL="$NODE $P/dist/cli/iwpmctl.js --control $CTL"
+SCENARIOS=${KT_SCENARIOS:-nodaemon ref ours compare quirks}
 CMTIME_RUNS=${KT_CMTIME_RUNS:-4}
 CMTIME_CONNS=${KT_CMTIME_CONNS:-64}
 T0=$(date +%s.%N)
@@ -98,12 +101,12 @@ start_daemon() {
   local cmd
   DKIND=$kind
   case $kind in
-    ours) cmd=(node "$P/dist/cli/iwpmd.js" -s --log-level "$level" --control "$CTL") ;;
+    ours) cmd=("$NODE" ${KT_NODE_FLAGS:-} "$P/dist/cli/iwpmd.js" -s --log-level "$level" --control "$CTL") ;;
     ref)  cmd=(/usr/sbin/iwpmd -s) ;;
   esac
   mkdir -p "$dir"
   if [ "$tr" = strace ]; then
-    strace -f --seccomp-bpf -tt -yy -s 0 -e trace=$TRACE -e read=all -e write=all \
+    strace -f --seccomp-bpf -tt -yy -s 32 -e trace=$TRACE -e read=all -e write=all \
       -o "$dir/strace-$tag.txt" "${cmd[@]}" > "$dir/daemon-$tag.log" 2>&1 &
     SPID=$!
     DPID=""
@@ -153,6 +156,23 @@ mappings() {
     console.log(arr.length, JSON.stringify(arr));
   ' "$dir/mappings-$tag.json"
 }
+# stats DIR TAG: our daemon's counters (saved as JSON) -> prints "key=value ..."
+stats() {
+  local dir=$1 tag=$2
+  timeout 20 $IWPMCTL -j show stats > "$dir/stats-$tag.json" 2> "$dir/stats-$tag.err"
+  node -e '
+    const fs = require("fs");
+    let j; try { j = JSON.parse(fs.readFileSync(process.argv[1], "utf8")); } catch (e) { console.log("ERR=" + JSON.stringify(e.message)); process.exit(0); }
+    const d = j.daemon || {}, p = j.peer || {}, out = [];
+    for (const [k, v] of Object.entries(d.byOp || {})) out.push(`op_${k}=${v}`);
+    for (const k of ["repliesSent", "remoteInfoSent", "queriesAccepted", "queriesRejected", "queriesTimedOut", "mapinfoRecords", "kernelErrors", "recvErrors", "invalid"])
+      if (k in d) out.push(`${k}=${d[k]}`);
+    for (const k of ["rxReq", "rxAcc", "rxAck", "rxRej", "txReq", "txReqRetransmit", "txAcc", "txAccRetransmit", "txAccDuplicateReq", "txAck", "srttMs", "rtoMs"])
+      if (k in p) out.push(`peer_${k}=${p[k]}`);
+    console.log(out.join(" "));
+  ' "$dir/stats-$tag.json"
+}
+statv() { echo "$1" | tr ' ' '\n' | grep "^$2=" | cut -d= -f2; } # statv "$STATS" key
 decode() { # decode DIR TAG -> DIR/nl-TAG.txt
   [ -f "$1/strace-$2.txt" ] && $DECODE "$1/strace-$2.txt" > "$1/nl-$2.txt" 2> "$1/nl-$2.err"
 }
@@ -257,8 +277,8 @@ scenario_rping() {
   fi
   rping_pair "$d" rping 7174 3
   sleep 1
-  local mp=""
-  [ "$kind" = ours ] && mp=$(mappings "$d" after-rping)
+  local mp="" st=""
+  [ "$kind" = ours ] && { mp=$(mappings "$d" after-rping); st=$(stats "$d" after-rping); }
   [ -n "$tcpd" ] && { stop_bg "$tcpd"; tcpdump -r "$d/udp3935.pcap" -nn -x > "$d/udp3935.txt" 2>&1; }
   dmesg_since "$g.rping" > "$d/dmesg-rping.txt"
   local k=$d/dmesg-rping.txt
@@ -311,8 +331,13 @@ scenario_rping() {
     grep -Eiq 'reg.?pid' "$L" || { ok=0; why+=" daemon log has no REG_PID line;"; }
     grep -Eiq 'add' "$L" || { ok=0; why+=" daemon log has no ADD line;"; }
     grep -Eiq 'query' "$L" || { ok=0; why+=" daemon log has no QUERY line;"; }
-    grep -Eiq 'remote.?info' "$L" || { ok=0; why+=" daemon log has no REMOTE_INFO line;"; }
     grep -Eiq 'remov' "$L" || { ok=0; why+=" daemon log has no REMOVE line;"; }
+    # the daemon's own counters (iwpmctl show stats)
+    local c
+    for c in op_reg_pid:1 op_add:1 op_query:1 op_remove:2 remoteInfoSent:1 queriesAccepted:1 peer_rxReq:1 peer_rxAcc:1 peer_rxAck:1; do
+      local v; v=$(statv "$st" "${c%%:*}")
+      [ -n "$v" ] && [ "$v" -ge "${c##*:}" ] || { ok=0; why+=" counter ${c%%:*}=${v:-missing} (want >= ${c##*:});"; }
+    done
     alive "$DPID" || { ok=0; why+=" daemon died;"; }
   else
     alive "$DPID" || { ok=0; why+=" iwpmd died;"; }
@@ -334,7 +359,7 @@ nl_query_in=$nq
 nl_remote_info_out=$nri
 nl_remove_in=$nrm
 EOF
-  local detail="client/server rc $RP_CRC/$RP_SRC, $RP_PINGS pings; kernel: registered pid ${kpid:-?} (daemon pid $DPID), add=$kadd query=$kq remote_info=$kri remove=$krm, cm_ids left $cids; daemon nl: REG_PID=$nreg ADD(flags 1)=$nadd QUERY(flags 1)=$nq REMOTE_INFO=$nri REMOVE=$nrm; udp REQ/ACC/ACK=$nreq/$nacc/$nack${mp:+; mappings after: ${mp%% *}}"
+  local detail="client/server rc $RP_CRC/$RP_SRC, $RP_PINGS pings; kernel: registered pid ${kpid:-?} (daemon pid $DPID), add=$kadd query=$kq remote_info=$kri remove=$krm, cm_ids left $cids; daemon nl: REG_PID=$nreg ADD(flags 1)=$nadd QUERY(flags 1)=$nq REMOTE_INFO=$nri REMOVE=$nrm; udp REQ/ACC/ACK=$nreq/$nacc/$nack${mp:+; mappings after: ${mp%% *}}${st:+; daemon counters: $st}"
   if [ "$ok" = 1 ]; then result PASS "$g.rping" "$detail"; else result FAIL "$g.rping" "$detail; problems:$why"; fi
   # start-up verdict (HELLO/ABI 4 + registration by the kernel)
   if [ "${STARTUP_OK:-0}" = 1 ] && [ "$kreg" -ge 1 ]; then
@@ -508,7 +533,7 @@ group_nodaemon() {
 group_daemon() { # group_daemon GROUP KIND
   local g=$1 kind=$2
   mkdir -p "$R/$g"
-  if [ "$kind" = ours ] && ! timeout 30 node "$P/dist/cli/iwpmd.js" --help > "$R/$g/help.txt" 2>&1; then
+  if [ "$kind" = ours ] && ! timeout 30 "$NODE" "$P/dist/cli/iwpmd.js" --help > "$R/$g/help.txt" 2>&1; then
     result FAIL "$g.startup" "node dist/cli/iwpmd.js --help fails (daemon not built?): $(head -3 "$R/$g/help.txt" | tr '\n' ' ')"
     return
   fi
@@ -533,6 +558,21 @@ group_daemon() { # group_daemon GROUP KIND
     sleep 0.5
     cmtime_runs "$g"
     [ "$kind" = ours ] && mappings "$R/$g" after-cmtime > "$R/$g/mappings-after-cmtime.count"
+  else
+    result FAIL "$g.cmtime" "daemon not ready"
+  fi
+  stop_daemon
+}
+
+# cmtime only (benchmark runs: IWPMD_KT_SCENARIOS="cmtime-nodaemon cmtime-ref cmtime-ours")
+group_cmtime_only() {
+  local g=$1 kind=$2
+  mkdir -p "$R/$g"
+  mark "$g.cmtime-start"
+  start_daemon "$kind" "$R/$g" cmtime nostrace info
+  if wait_ready "$g.cmtime-start"; then
+    sleep 0.5
+    cmtime_runs "$g"
   else
     result FAIL "$g.cmtime" "daemon not ready"
   fi
@@ -566,7 +606,7 @@ group_compare() {
 group_quirks() {
   local g=$1 kind=$2 d=$R/$1
   mkdir -p "$d"
-  [ "$kind" = ours ] && ! timeout 30 node "$P/dist/cli/iwpmd.js" --help >/dev/null 2>&1 \
+  [ "$kind" = ours ] && ! timeout 30 "$NODE" "$P/dist/cli/iwpmd.js" --help >/dev/null 2>&1 \
     && { result FAIL "$g" "daemon not built"; return; }
   quirk_replay_batches "$g" "$kind"
   quirk_hung_daemon "$g" "$kind"
@@ -689,10 +729,17 @@ quirk_late_reply() {
     grep -E " out nl  0x080[012] .*\[1\]=u32:$q( |$)" "$d/nl-late.txt" >> "$d/late-replies.txt" && late+="$q "
   done
   local oops=no
-  grep -Eq 'BUG:|Oops|general protection' "$d/dmesg-late.txt" && oops=yes
+  if grep -Eq 'BUG:|Oops|general protection' "$d/dmesg-late.txt"; then
+    # the sender is stuck in (or killed by) the oops, so strace never sees its
+    # sendmsg complete: name the task and the callback from the oops instead
+    oops="yes (in $(grep -o 'PID: [0-9]* Comm: [^ ]*' "$d/dmesg-late.txt" | head -1), $(grep -o 'iwpm_[a-z_]*_cb' "$d/dmesg-late.txt" | head -1))"
+    # the oops hit the daemon's own send of a reply (strace cannot show it)
+    grep -q "PID: ${DPID:-x} Comm" "$d/dmesg-late.txt" && late+="(a reply from the daemon, which oopsed in its send) "
+  fi
   [ -n "$seqs" ] || { ok=0; why+=" the kernel did not time out;"; }
-  [ -z "$late" ] || { ok=0; why+=" replies sent to timed-out requests (seq $late);"; }
+  [ -z "$late" ] || { ok=0; why+=" replies sent to timed-out requests: $late;"; }
   [ "$oops" = no ] || { ok=0; why+=" kernel oops;"; }
+  grep -E ' in  nl  0x080[0-3] ' "$d/nl-late.txt" | tail -6 > "$d/late-batch.txt"
   alive "$DPID" || { ok=0; why+=" daemon died;"; }
   local detail="timed-out kernel requests: seq ${seqs:-none}; late replies sent: ${late:-none}; kernel oops: $oops; rping while stopped $r1"
   if [ "$ok" = 1 ]; then result PASS "$g.late-reply" "$detail"; else result FAIL "$g.late-reply" "$detail; problems:$why"; fi
@@ -749,6 +796,11 @@ if setup; then
       compare) group_compare ;;
       quirks) group_quirks quirks ours ;;
       quirks-ref) group_quirks quirks-ref ref ;;
+      cmtime-nodaemon) cmtime_runs cmtime-nodaemon ;;
+      profile-ours)  # CPU profile of our daemon during cmtime (results/profile-ours/*.cpuprofile)
+        mkdir -p "$R/profile-ours"
+        KT_NODE_FLAGS="--cpu-prof --cpu-prof-dir=$R/profile-ours" group_cmtime_only profile-ours ours ;;
+      cmtime-ref|cmtime-ours) group_cmtime_only "$grp" "${grp#cmtime-}" ;;
       late-reply) quirk_late_reply late-reply ours ;;
       late-reply-ref) quirk_late_reply late-reply-ref ref ;;
       *) result FAIL "$grp" "unknown scenario group" ;;

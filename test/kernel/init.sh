@@ -24,6 +24,9 @@ mkdir -p $R/run/kt/project $R/run/kt/results $R/run/kt/kroot $R/run/kt/work
 mount -t 9p -o "$P9,cache=loose,ro" project $R/run/kt/project || fail "cannot mount project"
 mount -t 9p -o "$P9,cache=loose,ro" kroot $R/run/kt/kroot || fail "cannot mount kroot"
 mount -t 9p -o "$P9" results $R/run/kt/results || fail "cannot mount results"
+# node's install prefix, shared only when it lives under a tmpfs-covered folder
+mkdir -p $R/run/kt/node
+mount -t 9p -o "$P9,cache=loose,ro" nodedir $R/run/kt/node 2>/dev/null || rmdir $R/run/kt/node
 mount --move /dev $R/dev
 mount --move /proc $R/proc
 mount --move /sys $R/sys

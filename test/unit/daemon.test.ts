@@ -18,7 +18,7 @@ import {
 } from '../../src/codec/iwpm.js';
 import { encodeDone, encodeMessage, u32 } from '../../src/codec/netlink.js';
 import { encodeSockaddr } from '../../src/codec/sockaddr.js';
-import { HELLO_ATTEMPTS, HELLO_RETRY_MS, IwpmDaemon } from '../../src/core/daemon.js';
+import { HELLO_ATTEMPTS, HELLO_RETRY_MS, IwpmDaemon, STALL_DROP_MS } from '../../src/core/daemon.js';
 import { MemoryLogger } from '../../src/core/log.js';
 import type { PeerPort, QueryStart } from '../../src/core/peer-api.js';
 import { type PortRange, PortReserver } from '../../src/core/ports.js';
@@ -557,6 +557,71 @@ describe('REMOTE_INFO', () => {
   });
 });
 
+describe('runBatch: peer events grouped into one netlink send', () => {
+  const R = raw('10.0.0.2', 5000);
+
+  it('outcomes and REMOTE_INFOs inside runBatch leave in one send, in order, at its end', () => {
+    const h = harness();
+    ready(h, 4);
+    h.batch(kQuery(20, raw('10.0.0.1', 50000), R), kQuery(21, raw('10.0.0.1', 50001), R), kQuery(22, raw('10.0.0.1', 50002), R));
+    h.d.runBatch(() => {
+      h.d.queryDone(1, { kind: 'accepted', mappedRemote: sa('10.0.0.2', 33333) });
+      h.d.remoteInfo({ ownerClient: 2, localRaw: raw('0.0.0.0', 5000), remote: sa('10.0.0.9', 1), mappedLocalRaw: raw('0.0.0.0', 6000), mappedRemote: sa('10.0.0.9', 2) });
+      h.d.queryDone(2, { kind: 'rejected' });
+      h.d.queryDone(7, { kind: 'rejected' }); // unknown: nothing
+      expect(h.pendingCalls()).toBe(0); // nothing sent yet
+    });
+    expect(h.pendingCalls()).toBe(1);
+    expect(h.take()).toMatchObject([
+      { op: 'rquery', seqAttr: 20, err: 0 },
+      { op: 'remote_info', remote: raw('10.0.0.9', 1) },
+      { op: 'rquery', seqAttr: 21, err: 16 },
+    ]);
+    // nested: still one send, at the end of the outer one; outside, one send per event as before
+    h.d.runBatch(() => {
+      h.d.runBatch(() => h.d.queryDone(3, { kind: 'timeout' }));
+      h.d.remoteInfo({ ownerClient: 2, localRaw: raw('0.0.0.0', 5000), remote: sa('10.0.0.9', 3), mappedLocalRaw: raw('0.0.0.0', 6000), mappedRemote: sa('10.0.0.9', 4) });
+      expect(h.pendingCalls()).toBe(0);
+    });
+    expect(h.pendingCalls()).toBe(1);
+    expect(h.take()).toMatchObject([{ op: 'rquery', seqAttr: 22, err: 16 }, { op: 'remote_info' }]);
+    h.d.runBatch(() => {}); // nothing to send: no send
+    expect(h.pendingCalls()).toBe(0);
+  });
+
+  it('an exception inside still sends what was collected, and the daemon keeps batching correctly afterwards', () => {
+    const h = harness();
+    ready(h, 4);
+    h.batch(kQuery(20, raw('10.0.0.1', 50000), R), kQuery(21, raw('10.0.0.1', 50001), R));
+    expect(() =>
+      h.d.runBatch(() => {
+        h.d.queryDone(1, { kind: 'rejected' });
+        throw new Error('boom');
+      }),
+    ).toThrow('boom');
+    expect(h.take()).toMatchObject([{ op: 'rquery', seqAttr: 20 }]);
+    h.d.queryDone(2, { kind: 'rejected' });
+    expect(h.take()).toMatchObject([{ op: 'rquery', seqAttr: 21 }]);
+  });
+
+  it('REMOVE of a mapping without queries leaves the other mappings\' queries alone', () => {
+    const h = harness();
+    ready(h, 4);
+    h.batch(kQuery(20, raw('10.0.0.1', 50000), R), kQuery(21, raw('10.0.0.1', 50000), R), kAdd(22, raw('10.0.0.1', 7000)));
+    h.take();
+    h.batch(kRemove(23, raw('10.0.0.1', 7000)));
+    expect(h.peer.cancelled).toEqual([]);
+    expect(h.d.pendingQueries).toBe(2);
+    // one of the two queries on the shared mapping answered: the REMOVEs cancel the other
+    h.d.queryDone(1, { kind: 'rejected' });
+    h.batch(kRemove(24, raw('10.0.0.1', 50000)));
+    expect(h.peer.cancelled).toEqual([]); // ref count 2: still mapped
+    h.batch(kRemove(25, raw('10.0.0.1', 50000)));
+    expect(h.peer.cancelled).toEqual([2]);
+    expect(h.d.pendingQueries).toBe(0);
+  });
+});
+
 describe('REMOVE_MAPPING', () => {
   it('owner removes: ref count to 0, socket closed via the binder, never an answer', () => {
     const h = harness();
@@ -940,5 +1005,67 @@ describe('the daemon never dies on what it receives (seeded)', () => {
     expect(new Set(live.map((m) => m.fd))).toEqual(new Set(h.binder.open.keys()));
     h.d.shutdown();
     expect(h.binder.open.size).toBe(0);
+  });
+});
+
+describe('requests the kernel has given up on (a late answer can oops a 6.1 kernel)', () => {
+  const local = () => raw('192.0.2.1', 7000);
+  const remote = () => raw('192.0.2.2', 5000);
+
+  it('ADD then REMOVE of the same address in one read: the ADD is not answered, nothing stays held', () => {
+    const h = harness();
+    ready(h, 4);
+    const out = h.batch(kAdd(7, local()), kRemove(8, local()));
+    expect(out).toEqual([]);
+    expect(h.d.table.size).toBe(0);
+    expect(h.binder.heldPorts().size).toBe(0);
+    expect(h.d.counters.lateDropped).toBe(1);
+    // the next ADD of that address is answered normally
+    expect(h.batch(kAdd(9, local())).map((m) => m.op)).toEqual(['rmanage']);
+  });
+
+  it('QUERY then REMOVE of the same address in one read: no query is started and nothing is answered', () => {
+    const h = harness();
+    ready(h, 4);
+    const out = h.batch(kQuery(7, local(), remote()), kRemove(8, local()));
+    expect(out).toEqual([]);
+    expect(h.peer.started).toEqual([]);
+    expect(h.d.pendingQueries).toBe(0);
+    expect(h.d.table.size).toBe(0);
+  });
+
+  it('a REMOVE in a later read does not withdraw an answer already sent', () => {
+    const h = harness();
+    ready(h, 4);
+    expect(h.batch(kAdd(7, local())).map((m) => m.op)).toEqual(['rmanage']);
+    expect(h.batch(kRemove(8, local()))).toEqual([]);
+    expect(h.d.counters.lateDropped).toBe(0);
+  });
+
+  it(`after the loop stood still for ${STALL_DROP_MS} ms, REG_PID/ADD/QUERY read before the socket drains are dropped`, () => {
+    const h = harness();
+    ready(h, 4);
+    h.d.tick(h.now);
+    h.advance(STALL_DROP_MS + 500);
+    // a full batch (64 datagrams): the socket may hold more of the backlog
+    const full = Array.from({ length: 64 }, (_, i) => kAdd(100 + i, raw('192.0.2.1', 8000 + i)));
+    expect(h.batch(...full)).toEqual([]);
+    // the ticker runs again, but the backlog is not drained yet: still dropped
+    h.d.tick(h.now);
+    expect(h.batch(kRegPid(200), kQuery(201, local(), remote()))).toEqual([]);
+    expect(h.peer.started).toEqual([]);
+    expect(h.d.counters.lateDropped).toBe(66);
+    expect(h.log.has(/stood still for \d+ ms/, 'warn')).toBe(true);
+    // that batch was not full: the socket is drained, fresh requests are answered
+    expect(h.batch(kAdd(300, local())).map((m) => m.op)).toEqual(['rmanage']);
+  });
+
+  it('a short stall (the kernel is still waiting) drops nothing', () => {
+    const h = harness();
+    ready(h, 4);
+    h.d.tick(h.now);
+    h.advance(STALL_DROP_MS - 1000);
+    expect(h.batch(kAdd(7, local())).map((m) => m.op)).toEqual(['rmanage']);
+    expect(h.d.counters.lateDropped).toBe(0);
   });
 });

@@ -18,6 +18,7 @@ import {
   type PeerEndpoint,
   PeerEngine,
   type PeerEngineDeps,
+  RawEndpoint,
 } from '../../src/core/peer.js';
 import { TestListeners } from '../support/listeners.js';
 
@@ -298,6 +299,45 @@ describe('PeerEngine: connecting side', () => {
     expect(h.engine.stats().liveQueries).toBe(0);
   });
 
+  it('destinationFailed (ICMP port unreachable): the queries to that IP and port fail at the next tick, others go on', () => {
+    const h = single();
+    h.engine.startQuery(query(1)); // to B_IP:3935
+    h.engine.startQuery(query(2, 40002, 40003)); // to B_IP:3935
+    h.engine.startQuery(query(3, 40004, 40005, '192.168.1.30')); // another host
+    const reqs = h.sent.slice();
+    const addr = Buffer.alloc(32);
+    parseIp(B_IP).ip.copy(addr, 16); // the address may sit anywhere in the buffer
+    expect(h.engine.destinationFailed(4, addr, 16, 9999, 'refused')).toBe(0); // other port: nothing
+    expect(h.engine.destinationFailed(6, addr, 16, 3935, 'refused')).toBe(0); // other family: nothing
+    expect(h.engine.destinationFailed(4, addr, 16, 3935, 'ICMP port unreachable')).toBe(2);
+    expect(h.events.done).toHaveLength(0); // not from inside the call
+    expect(h.engine.nextDeadline()).toBe(h.clock.t);
+    h.engine.tick(h.clock.t);
+    expect(h.events.done.map((d) => d.id).sort()).toEqual([1, 2]);
+    for (const d of h.events.done) {
+      expect(d.outcome).toEqual({ kind: 'failed', reason: `${B_IP}:3935: ICMP port unreachable` });
+    }
+    expect(h.engine.stats()).toMatchObject({ liveQueries: 1, queriesFailed: 2, queriesUnreachable: 2 });
+    // a late ACC for a failed query is stale; the third query still completes
+    h.engine.receive(encodePeerMessage(asReply(reqs[0]!.msg, PM_MSG_ACC)), peerB, 1);
+    h.engine.receive(encodePeerMessage(asReply(reqs[2]!.msg, PM_MSG_ACC)), { family: 4, ip: '192.168.1.30', port: 3935 }, 1);
+    expect(h.events.done.map((d) => d.id)).toEqual([1, 2, 3]);
+    expect(h.events.done[2]!.outcome.kind).toBe('accepted');
+    expect(h.engine.stats()).toMatchObject({ accStale: 1, liveQueries: 0 });
+    // no retransmission of the failed ones
+    h.runUntil(h.clock.t + 10_000);
+    expect(h.sent.filter((x) => x.msg.type === PM_MSG_REQ)).toHaveLength(3);
+  });
+
+  it('a failed query cancelled before the tick gets no outcome', () => {
+    const h = single();
+    h.engine.startQuery(query(1));
+    expect(h.engine.destinationFailed(4, parseIp(B_IP).ip, 0, 3935, 'refused')).toBe(1);
+    h.engine.cancelQuery(1);
+    h.engine.tick(h.clock.t);
+    expect(h.events.done).toHaveLength(0);
+  });
+
   it('mixed families are refused as failed', () => {
     const h = single();
     h.engine.startQuery(query(1, 40000, 40001, '2001:db8::1'));
@@ -439,6 +479,31 @@ describe('PeerEngine: listening side', () => {
     h.engine.receive(reqFrom(5n), { family: 4, ip: '192.168.1.99', port: 50000 }, 0);
     expect(h.events.infos).toHaveLength(2);
     expect(h.engine.stats().liveAccepts).toBe(2);
+  });
+
+  it('sources given as bytes (RawEndpoint): same peer by bytes and scope id; text made only when asked for', () => {
+    const h = single();
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    const a1 = new RawEndpoint(4, Buffer.from([192, 168, 1, 10]), 50000);
+    const a2 = new RawEndpoint(4, Buffer.from([192, 168, 1, 10]), 50001); // same IP, another port
+    const b = new RawEndpoint(4, Buffer.from([192, 168, 1, 11]), 50000);
+    h.engine.receive(reqFrom(5n), a1, 0);
+    h.engine.receive(reqFrom(5n), a2, 0); // a retransmission from the same IP
+    h.engine.receive(reqFrom(5n), b, 0); // another peer: a second conversation
+    expect(h.events.infos).toHaveLength(2);
+    expect(h.engine.stats()).toMatchObject({ reqDuplicate: 1, liveAccepts: 2 });
+    expect(h.sent.map((x) => x.dest)).toEqual([a1, a2, b]);
+    // the ACK from the first peer completes its conversation, not the other one
+    h.engine.receive(encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACK)), a1, 0);
+    expect(h.engine.stats()).toMatchObject({ acceptsCompleted: 1, liveAccepts: 1 });
+    expect(a1.ip).toBe('192.168.1.10');
+    expect(new RawEndpoint(6, parseIp('fe80::1').ip, 1, 3).ip).toBe('fe80::1%3');
+    // link-local: the same bytes on another interface are another peer
+    const l1 = new RawEndpoint(6, parseIp('fe80::9').ip, 7000, 2);
+    const l2 = new RawEndpoint(6, parseIp('fe80::9').ip, 7000, 3);
+    h.engine.receive(reqFrom(6n, { ipVersion: 6, cpIp: parseIp('fe80::9').ip, apIp: parseIp('fe80::1').ip, mappedCpIp: parseIp('fe80::9').ip } as never), l1, 1);
+    h.engine.receive(reqFrom(6n, { ipVersion: 6, cpIp: parseIp('fe80::9').ip, apIp: parseIp('fe80::1').ip, mappedCpIp: parseIp('fe80::9').ip } as never), l2, 1);
+    expect(h.events.infos).toHaveLength(4);
   });
 
   it('drops and counts malformed datagrams without answering', () => {
