@@ -9,7 +9,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -294,6 +294,11 @@ async function session(which, tag, fn) {
     const alive = d.alive();
     const ex = await d.stop();
     k.close();
+    try {
+      unlinkSync(join(OUT, `ctl-${process.pid}.sock`));
+    } catch {
+      /* none */
+    }
     if (alive && ex.signal === 'SIGKILL') log(`  (${which} needed SIGKILL to stop)`);
   }
 }
@@ -504,9 +509,56 @@ function report(results, m, command) {
 
 // ---------------------------------------------------------------------------
 
+/** One benchmark at a time: two runs on one machine would measure each other. */
+function acquireLock() {
+  const p = join(OUT, 'bench.lock');
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      writeFileSync(p, String(process.pid), { flag: 'wx' });
+      process.on('exit', () => {
+        try {
+          if (readFileSync(p, 'utf8') === String(process.pid)) unlinkSync(p);
+        } catch {
+          /* gone */
+        }
+      });
+      return;
+    } catch (e) {
+      if (e.code !== 'EEXIST') throw e;
+      let other = 0;
+      try {
+        other = Number(readFileSync(p, 'utf8'));
+      } catch {
+        continue; // removed meanwhile
+      }
+      let alive = false;
+      try {
+        if (other > 0) {
+          process.kill(other, 0);
+          alive = true;
+        }
+      } catch {
+        /* no such process: a stale lock */
+      }
+      if (alive) {
+        log(`bench: another benchmark is running (pid ${other}); two at once would measure each other. Wait for it (or remove ${p} if that pid is not a bench).`);
+        process.exit(3);
+      }
+      try {
+        unlinkSync(p);
+      } catch {
+        /* someone else took it over */
+      }
+    }
+  }
+  log(`bench: cannot take ${p}`);
+  process.exit(3);
+}
+
 installCleanup();
-preflight();
 ensureOut();
+acquireLock();
+preflight();
 const CONFIG = writeConfig();
 const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
 const m = machine();

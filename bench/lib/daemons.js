@@ -182,6 +182,8 @@ export function startDaemon(which, o) {
   if (which === 'ours') {
     const node = [process.execPath];
     if (o.profileDir) node.push('--cpu-prof', '--cpu-prof-dir', o.profileDir);
+    // extra V8/Node flags for our daemon, e.g. IWPMD_BENCH_NODE_ARGS=--trace-gc
+    if (process.env.IWPMD_BENCH_NODE_ARGS) node.push(...process.env.IWPMD_BENCH_NODE_ARGS.split(/\s+/).filter(Boolean));
     const argv = [
       ...node,
       process.env.IWPMD_BENCH_OURS ?? join(ROOT, 'dist/cli/iwpmd.js'),

@@ -158,10 +158,11 @@ function attrPayloadLen(v: AttrValue): number {
 export function encodeMessage(h: Omit<NlHeader, 'len'>, attrs: readonly AttrSpec[]): Buffer {
   let len = NLMSG_HDRLEN;
   for (const a of attrs) len += align4(NLA_HDRLEN + attrPayloadLen(a.v));
-  // Pooled allocation (allocUnsafe shares Node's slab for small sizes) zeroed by hand:
-  // Buffer.alloc creates a fresh ArrayBuffer per message, which showed up as GC time
-  // at tens of thousands of replies per second.
-  const buf = Buffer.allocUnsafe(len).fill(0);
+  // Pooled allocation (allocUnsafe shares Node's slab for small sizes): Buffer.alloc
+  // creates a fresh ArrayBuffer per message, which showed up as GC time at tens of
+  // thousands of replies per second. Every byte is written below (header, attribute
+  // headers, payloads, and the padding explicitly zeroed), so nothing stale leaks.
+  const buf = Buffer.allocUnsafe(len);
   buf.writeUInt32LE(len, 0);
   buf.writeUInt16LE(h.type & 0xffff, 4);
   buf.writeUInt16LE(h.flags & 0xffff, 6);
@@ -185,9 +186,12 @@ export function encodeMessage(h: Omit<NlHeader, 'len'>, attrs: readonly AttrSpec
         break;
       case 'string':
         buf.write(a.v.value, p, 'latin1');
+        buf[p + plen - 1] = 0; // the terminating NUL
         break;
     }
-    off += align4(NLA_HDRLEN + plen);
+    const end = off + align4(NLA_HDRLEN + plen);
+    for (let q = p + plen; q < end; q++) buf[q] = 0; // padding
+    off = end;
   }
   return buf;
 }
