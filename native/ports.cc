@@ -35,8 +35,9 @@ int ReserveOne(int family, uint16_t port, uint16_t* bound) {
   }
   int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
+  // getsockname only when the kernel chose the port: an explicit port is the bound one.
   if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+      (port == 0 && getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)) {
     int err = errno;
     close(fd);
     return -err;

@@ -165,7 +165,7 @@ stats() {
     let j; try { j = JSON.parse(fs.readFileSync(process.argv[1], "utf8")); } catch (e) { console.log("ERR=" + JSON.stringify(e.message)); process.exit(0); }
     const d = j.daemon || {}, p = j.peer || {}, out = [];
     for (const [k, v] of Object.entries(d.byOp || {})) out.push(`op_${k}=${v}`);
-    for (const k of ["repliesSent", "remoteInfoSent", "queriesAccepted", "queriesRejected", "queriesTimedOut", "mapinfoRecords", "kernelErrors", "recvErrors", "invalid"])
+    for (const k of ["repliesSent", "remoteInfoSent", "queriesAccepted", "queriesRejected", "queriesTimedOut", "mapinfoRecords", "kernelErrors", "recvErrors", "invalid", "lateDropped"])
       if (k in d) out.push(`${k}=${d[k]}`);
     for (const k of ["rxReq", "rxAcc", "rxAck", "rxRej", "txReq", "txReqRetransmit", "txAcc", "txAccRetransmit", "txAccDuplicateReq", "txAck", "srttMs", "rtoMs"])
       if (k in p) out.push(`peer_${k}=${p[k]}`);
@@ -704,44 +704,112 @@ quirk_hung_daemon() {
 # request object still sits in iwpm_nlmsg_req_list (its refcount never drops
 # to zero) with req_buffer pointing into the dead stack frame of iw_cm_map():
 # iwpm_add_mapping_cb / iwpm_add_and_query_mapping_cb then read and write a
-# stale kernel stack (observed: Oops in iwpm_compare_sockaddr). PASS = the
-# daemon sent no reply to a timed-out request and the kernel did not oops.
-# Opt-in groups "late-reply" / "late-reply-ref"; run them last (an Oops
-# poisons the rest of the boot).
+# stale kernel stack (observed: Oops in iwpm_compare_sockaddr).
+#
+# quirk_late_reply GROUP KIND [live]
+#   default: the rping pair has finished before SIGCONT, so the REMOVEs of both
+#            cm_ids are queued behind the timed-out ADD and QUERY (one read).
+#   live:    SIGCONT while the rping pair is still running (its ADD and QUERY
+#            timed out, the connection is up): no REMOVE follows the requests,
+#            only the daemon's own stall detection can tell they are late.
+# PASS = no reply to a timed-out request, no oops/BUG/general protection/page
+# fault, the daemon survives and (ours) counts the dropped requests
+# (iwpmctl show stats: daemon.lateDropped) and says so in its log, and new
+# connections afterwards are mapped normally. Group "late-reply" (ours) is in
+# the default list, last; "late-reply-ref" (rdma-core's iwpmd, which answers
+# and can oops the kernel) and "late-reply-live" are opt-in: run them last (an
+# oops poisons the rest of the boot).
 quirk_late_reply() {
-  local g=$1 kind=$2 d=$R/$1 ok=1 why=""
+  local g=$1 kind=$2 mode=${3:-} d=$R/$1 ok=1 why="" spid="" cpid=""
   mkdir -p "$d"
   mark "$g.late"
   start_daemon "$kind" "$d" late
   wait_ready "$g.late" || { result FAIL "$g.late-reply" "daemon not ready"; stop_daemon; return; }
-  rping_pair "$d" late-warmup 7520 3
+  rping_pair "$d" late-warmup 7520 3   # registers the daemon (REG_PID)
   kill -STOP "$DPID"
   mark "$g.late.2"
-  rping_pair "$d" late 7521 3 40 60
-  local r1="$RP_CRC/$RP_SRC/$RP_PINGS"
+  local t1 t2 r1
+  t1=$(now_ms)
+  if [ "$mode" = live ]; then
+    # a long rping pair: both its ADD (listen) and QUERY (connect) time out
+    rping -s -a "$ADDR" -p 7521 -C 100000 > "$d/rping-late-server.txt" 2>&1 &
+    spid=$!
+    stdbuf -oL rping -c -a "$ADDR" -p 7521 -C 100000 -v > "$d/rping-late-client.txt" 2>&1 &
+    cpid=$!
+    wait_for 60 sh -c "[ \$(dmesg | awk '/kt-mark: $g.late.2/{f=1} f' | grep -c 'Timeout 10 sec for netlink request') -ge 2 ]" \
+      || why+=" the kernel did not time out twice within 60 s;"
+    wait_for 20 sh -c "[ \$(grep -c 'ping data:' '$d/rping-late-client.txt') -ge 3 ]" || why+=" live rping made no progress;"
+    r1="live, $(grep -c 'ping data:' "$d/rping-late-client.txt") pings before SIGCONT"
+  else
+    rping_pair "$d" late 7521 3 40 60
+    r1="$RP_CRC/$RP_SRC/$RP_PINGS"
+  fi
+  t2=$(now_ms)
   kill -CONT "$DPID"
   sleep 5
+  if [ -n "$cpid" ]; then
+    local pl; pl=$(grep -c 'ping data:' "$d/rping-late-client.txt")
+    kill -TERM "$cpid" "$spid" 2>/dev/null
+    wait_exit "$cpid" 10 || stop_bg "$cpid"
+    wait_exit "$spid" 10 || stop_bg "$spid"
+    r1+=", $pl after"
+  fi
+  sleep 1
   dmesg_since "$g.late.2" > "$d/dmesg-late.txt"
-  decode "$d" late
+  local st="" lines=""
+  if [ "$kind" = ours ] && alive "$DPID"; then
+    st=$(stats "$d" late)
+    lines=$(grep -Ec 'stood still|gave up on it' "$d/daemon-late.log")
+  fi
   local seqs; seqs=$(grep -o 'Timeout 10 sec for netlink request (seq = [0-9]*' "$d/dmesg-late.txt" | grep -o '[0-9]*$' | tr '\n' ' ')
+  # new connections after the stall are mapped normally
+  local r2="not run"
+  if alive "$DPID" && ! grep -Eq 'BUG:|Oops|general protection|page fault' "$d/dmesg-late.txt"; then
+    mark "$g.late.3"
+    rping_pair "$d" late-after 7522 3
+    r2="$RP_CRC/$RP_SRC/$RP_PINGS"
+    sleep 1
+    dmesg_since "$g.late.3" > "$d/dmesg-late-after.txt"
+    [ "$r2" = 0/0/3 ] || { ok=0; why+=" rping after SIGCONT: $r2;"; }
+    grep -q 'add_mapping: Local sockaddr: IPV4 192.0.2.1: 7522' "$d/dmesg-late-after.txt" || { ok=0; why+=" new listener not mapped;"; }
+    grep -q 'query_mapping: Remote sockaddr: IPV4 192.0.2.1: 7522' "$d/dmesg-late-after.txt" || { ok=0; why+=" new connection not mapped;"; }
+    grep -q 'remote_info: Local sockaddr: IPV4 192.0.2.1: 7522' "$d/dmesg-late-after.txt" || { ok=0; why+=" no REMOTE_INFO for the new connection;"; }
+    local errs; errs=$(kerrors "$d/dmesg-late-after.txt")
+    [ -z "$errs" ] || { ok=0; why+=" kernel errors after SIGCONT: $(echo "$errs" | head -3 | tr '\n' '|');"; }
+  else
+    ok=0; why+=" no new connection tried (daemon dead or kernel oopsed);"
+  fi
+  dmesg_since "$g.late.2" > "$d/dmesg-late-all.txt"
+  decode "$d" late
   local late="" q
+  : > "$d/late-replies.txt"
   for q in $seqs; do
     grep -E " out nl  0x080[012] .*\[1\]=u32:$q( |$)" "$d/nl-late.txt" >> "$d/late-replies.txt" && late+="$q "
   done
   local oops=no
-  if grep -Eq 'BUG:|Oops|general protection' "$d/dmesg-late.txt"; then
+  if grep -Eq 'BUG:|Oops|general protection|page fault' "$d/dmesg-late-all.txt"; then
     # the sender is stuck in (or killed by) the oops, so strace never sees its
     # sendmsg complete: name the task and the callback from the oops instead
-    oops="yes (in $(grep -o 'PID: [0-9]* Comm: [^ ]*' "$d/dmesg-late.txt" | head -1), $(grep -o 'iwpm_[a-z_]*_cb' "$d/dmesg-late.txt" | head -1))"
+    oops="yes (in $(grep -o 'PID: [0-9]* Comm: [^ ]*' "$d/dmesg-late-all.txt" | head -1), $(grep -o 'iwpm_[a-z_]*_cb' "$d/dmesg-late-all.txt" | head -1))"
     # the oops hit the daemon's own send of a reply (strace cannot show it)
-    grep -q "PID: ${DPID:-x} Comm" "$d/dmesg-late.txt" && late+="(a reply from the daemon, which oopsed in its send) "
+    grep -q "PID: ${DPID:-x} Comm" "$d/dmesg-late-all.txt" && late+="(a reply from the daemon, which oopsed in its send) "
   fi
   [ -n "$seqs" ] || { ok=0; why+=" the kernel did not time out;"; }
+  [ "$(( t2 - t1 ))" -ge 10000 ] || { ok=0; why+=" the daemon was stopped only $(( t2 - t1 )) ms;"; }
   [ -z "$late" ] || { ok=0; why+=" replies sent to timed-out requests: $late;"; }
   [ "$oops" = no ] || { ok=0; why+=" kernel oops;"; }
-  grep -E ' in  nl  0x080[0-3] ' "$d/nl-late.txt" | tail -6 > "$d/late-batch.txt"
+  # what the daemon read after SIGCONT (the requests of the stall and their REMOVEs)
+  grep -E ' in  nl  0x080[0-3] ' "$d/nl-late.txt" > "$d/late-in.txt"
   alive "$DPID" || { ok=0; why+=" daemon died;"; }
-  local detail="timed-out kernel requests: seq ${seqs:-none}; late replies sent: ${late:-none}; kernel oops: $oops; rping while stopped $r1"
+  local dropped=""
+  if [ "$kind" = ours ]; then
+    dropped=$(statv "$st" lateDropped)
+    [ -n "$dropped" ] && [ "$dropped" -ge 1 ] || { ok=0; why+=" daemon.lateDropped=${dropped:-missing} (want >= 1);"; }
+    [ "${lines:-0}" -ge 1 ] || { ok=0; why+=" the daemon log does not mention the late requests;"; }
+  fi
+  local how=""
+  [ "$kind" = ours ] && how="; daemon: lateDropped=${dropped:-?}, log: $(grep -Eo 'stood still for [0-9]+ ms|REMOVE [0-9.:]+ follows its own request' "$d/daemon-late.log" 2>/dev/null | sort | uniq -c | sed 's/^ *//' | tr '\n' ';')"
+  local detail="daemon stopped $(( t2 - t1 )) ms; timed-out kernel requests: seq ${seqs:-none}; late replies sent: ${late:-none}; kernel oops: $oops; rping while stopped $r1$how; rping after SIGCONT $r2"
   if [ "$ok" = 1 ]; then result PASS "$g.late-reply" "$detail"; else result FAIL "$g.late-reply" "$detail; problems:$why"; fi
   if alive "$DPID"; then stop_daemon; else kill -KILL "$SPID" 2>/dev/null; DPID="" SPID=""; fi
 }
@@ -803,6 +871,7 @@ if setup; then
       cmtime-ref|cmtime-ours) group_cmtime_only "$grp" "${grp#cmtime-}" ;;
       late-reply) quirk_late_reply late-reply ours ;;
       late-reply-ref) quirk_late_reply late-reply-ref ref ;;
+      late-reply-live) quirk_late_reply late-reply-live ours live ;;
       *) result FAIL "$grp" "unknown scenario group" ;;
     esac
   done
