@@ -16,7 +16,7 @@
 # Environment:
 #   IWPMD_KT_RESULTS      results folder (default <project>/test-results/kernel)
 #   IWPMD_KT_SCENARIOS    space/comma separated groups to run, in order
-#                         (default "nodaemon ref ours compare quirks"):
+#                         (default "nodaemon ref ours compare quirks late-reply"):
 #                           nodaemon  rping + cmtime with no port mapper at all
 #                           ref       rdma-core's /usr/sbin/iwpmd: startup, rping,
 #                                     kill/restart, cmtime
@@ -25,16 +25,33 @@
 #                           quirks    our daemon: 26-record MAPINFO replay, daemon
 #                                     SIGSTOPped (kernel 10 s timeouts), daemon
 #                                     SIGKILLed without restart
+#                           late-reply our daemon SIGSTOPped across the kernel's 10 s
+#                                     timeout (rping pair), then SIGCONT: it must not
+#                                     answer the timed-out ADD/QUERY (a late answer
+#                                     oopses 6.1), must count them (lateDropped), and
+#                                     map new connections afterwards. Keep it last.
 #                         opt-in:
 #                           quirks-ref      the quirks with rdma-core's iwpmd
-#                           late-reply      SIGSTOP/SIGCONT our daemon across the
-#                                           kernel's 10 s timeout: must not answer the
-#                                           timed-out requests (6.1 oopses). Run last.
-#                           late-reply-ref  the same with iwpmd (it does answer)
+#                           late-reply-ref  late-reply with iwpmd (it does answer and
+#                                           can oops the kernel: run it last)
+#                           late-reply-live late-reply with SIGCONT while the rping
+#                                           pair still runs (no REMOVE queued behind the
+#                                           late requests; only the daemon's stall
+#                                           detection can tell). Run it last.
 #                           cmtime-nodaemon, cmtime-ref, cmtime-ours
 #                                           only the cmtime runs (benchmarking;
 #                                           cmtime-nodaemon must come first)
 #                           profile-ours    cmtime with our daemon under node --cpu-prof
+#                           cmtime-ours+OPT[+OPT...]  cmtime with our daemon under
+#                                           extra node options, e.g. cmtime-ours+jitless,
+#                                           cmtime-ours+no-opt+max-lazy (OPT = an option
+#                                           without its leading "--")
+#                           trace-ours[+OPT...], trace-ref  the daemon under strace -f
+#                                           -tt -T (netlink, UDP, epoll) during cmtime
+#                                           runs (IWPMD_KT_TRACE_RUNS x _CONNS, default 4 x 16);
+#                                           summarise with test/kernel/connect-timeline.mjs
+#                           count-ours[+OPT...], count-ref  the daemon under strace -f -c
+#                                           during the cmtime runs (system call counts)
 #   IWPMD_KT_CMTIME_RUNS  cmtime processes per daemon (default 4)
 #   IWPMD_KT_CMTIME_CONNS connections per cmtime process (default 64)
 #   IWPMD_KT_GUEST_TIMEOUT  seconds the guest's scenario script may take (default 600)
@@ -44,6 +61,9 @@
 #   IWPMD_KT_REQUIRE      1 = a missing prerequisite is a failure (exit 1), not a
 #                         skip (for CI machines that must run the test)
 #   IWPMD_KERNEL_CACHE    kernel cache folder (see setup-kernel-test.sh)
+#   IWPMD_KT_APPEND       extra guest kernel command line, e.g. "clocksource=tsc
+#                         tsc=reliable" (TCG marks the TSC unstable and the guest then
+#                         reads the HPET, by emulated MMIO, on every clock_gettime)
 #   IWPMD_KT_ACCEL        qemu accelerator (default "tcg,thread=multi"; /dev/kvm on
 #                         these machines cannot run a stock kernel)
 set -uo pipefail
@@ -51,7 +71,7 @@ set -uo pipefail
 PROJECT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${IWPMD_KERNEL_CACHE:-/var/cache/iwpmd-kernel-test}
 RESULTS=${IWPMD_KT_RESULTS:-$PROJECT/test-results/kernel}
-SCENARIOS=${IWPMD_KT_SCENARIOS:-nodaemon ref ours compare quirks}
+SCENARIOS=${IWPMD_KT_SCENARIOS:-nodaemon ref ours compare quirks late-reply}
 SCENARIOS=${SCENARIOS//,/ }
 CMTIME_RUNS=${IWPMD_KT_CMTIME_RUNS:-4}
 CMTIME_CONNS=${IWPMD_KT_CMTIME_CONNS:-64}
@@ -174,6 +194,8 @@ GUEST_TIMEOUT=$GUEST_TIMEOUT
 KT_SCENARIOS="$SCENARIOS"
 KT_CMTIME_RUNS=$CMTIME_RUNS
 KT_CMTIME_CONNS=$CMTIME_CONNS
+KT_TRACE_RUNS=${IWPMD_KT_TRACE_RUNS:-4}
+KT_TRACE_CONNS=${IWPMD_KT_TRACE_CONNS:-16}
 KT_KVER=$KVER
 KT_NODE=$GUEST_NODE
 EOF
@@ -207,7 +229,7 @@ timeout -s TERM -k 10 "$QEMU_TIMEOUT" qemu-system-x86_64 \
   -serial "file:$RESULTS/console.log" \
   -pidfile "$WORK/qemu.pid" \
   -kernel "$VMLINUZ" -initrd "$WORK/initrd.gz" \
-  -append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=6" \
+  -append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=6${IWPMD_KT_APPEND:+ $IWPMD_KT_APPEND}" \
   -virtfs "local,path=/,mount_tag=hostroot,$P9,readonly=on" \
   -virtfs "local,path=$PROJECT,mount_tag=project,$P9,readonly=on" \
   -virtfs "local,path=$KROOT,mount_tag=kroot,$P9,readonly=on" \

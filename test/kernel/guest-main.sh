@@ -28,7 +28,7 @@ NODE=${KT_NODE:-node}
 export PATH="$(dirname "$NODE"):$PATH"
 DECODE="$NODE $HERE/decode-strace.mjs"
 IWPMCTL="$NODE $P/dist/cli/iwpmctl.js --control $CTL"
-SCENARIOS=${KT_SCENARIOS:-nodaemon ref ours compare quirks}
+SCENARIOS=${KT_SCENARIOS:-nodaemon ref ours compare quirks late-reply}
 CMTIME_RUNS=${KT_CMTIME_RUNS:-4}
 CMTIME_CONNS=${KT_CMTIME_CONNS:-64}
 T0=$(date +%s.%N)
@@ -105,8 +105,19 @@ start_daemon() {
     ref)  cmd=(/usr/sbin/iwpmd -s) ;;
   esac
   mkdir -p "$dir"
-  if [ "$tr" = strace ]; then
-    strace -f --seccomp-bpf -tt -yy -s 32 -e trace=$TRACE -e read=all -e write=all \
+  if [ "$tr" = count ]; then
+    # syscall counts only (strace -c): written when the daemon exits
+    strace -f -c -o "$dir/strace-count-$tag.txt" "${cmd[@]}" > "$dir/daemon-$tag.log" 2>&1 &
+    SPID=$!
+    DPID=""
+    local i
+    for i in $(seq 100); do
+      DPID=$(pgrep -P "$SPID" | head -1)
+      [ -n "$DPID" ] && break
+      sleep 0.05
+    done
+  elif [ "$tr" = strace ]; then
+    strace -f --seccomp-bpf -tt -yy -s 32 ${KT_STRACE_OPTS:-} -e trace=${KT_TRACE_SET:-$TRACE} -e read=all -e write=all \
       -o "$dir/strace-$tag.txt" "${cmd[@]}" > "$dir/daemon-$tag.log" 2>&1 &
     SPID=$!
     DPID=""
@@ -472,7 +483,24 @@ EOF
   return 0
 }
 
-# cmtime_runs GROUP: the connection set-up rate over siw (no assertion on timing)
+# cpu_ms PID: "user system" CPU time of a process so far, in ms (empty when there is none)
+cpu_ms() {
+  local l; [ -n "$1" ] && read -r l 2>/dev/null < "/proc/$1/stat" || return 0
+  l=${l##*) }
+  # shellcheck disable=SC2086
+  set -- $l
+  echo "$(( ${12} * 1000 / $(getconf CLK_TCK) )) $(( ${13} * 1000 / $(getconf CLK_TCK) ))"
+}
+# cpu_delta "U1 S1" "U2 S2" -> "user+system" ms spent in between, or "-"
+cpu_delta() {
+  [ -n "$1" ] && [ -n "$2" ] || { echo -; return; }
+  local a b; read -r -a a <<< "$1"; read -r -a b <<< "$2"
+  echo "$(( b[0] - a[0] ))+$(( b[1] - a[1] ))"
+}
+
+# cmtime_runs GROUP: the connection set-up rate over siw (no assertion on timing);
+# cmtime.txt also gets the daemon's CPU time (user+system ms) during each run
+
 cmtime_runs() {
   local g=$1 d=$R/$1 port=7300 i ok=1 why="" rates=""
   mkdir -p "$d"
@@ -483,15 +511,18 @@ cmtime_runs() {
   wait_for 15 listening "$ADDR" "$port" || { ok=0; why+=" cmtime server not listening;"; }
   for i in $(seq "$CMTIME_RUNS"); do
     local out=$d/cmtime-$i.txt t1 t2
+    local c1 c2
+    c1=$(cpu_ms "${DPID:-}")
     t1=$(date +%s%N)
     timeout -s TERM -k 5 90 cmtime -s "$ADDR" -b "$ADDR" -p "$port" -c "$CMTIME_CONNS" > "$out" 2>&1
     local rc=$?
     t2=$(date +%s%N)
+    c2=$(cpu_ms "${DPID:-}")
     local cms; cms=$(awk -F: '/^connect[ \t]*:/{split($2,a," "); print a[1]; exit}' "$out")
     local bad; bad=$(grep -Eic 'error|fail|unable|timed? ?out|reject' "$out" || true)
     local rate=""
     if [ -n "$cms" ]; then rate=$(awk -v c="$CMTIME_CONNS" -v t="$cms" 'BEGIN{if (t > 0) printf "%.0f", c * 1000 / t}'); fi
-    echo "$g run=$i conns=$CMTIME_CONNS rc=$rc connect_total_ms=${cms:-?} connects_per_s=${rate:-?} wall_ms=$(( (t2 - t1) / 1000000 )) error_lines=$bad" >> "$R/cmtime.txt"
+    echo "$g run=$i conns=$CMTIME_CONNS rc=$rc connect_total_ms=${cms:-?} connects_per_s=${rate:-?} wall_ms=$(( (t2 - t1) / 1000000 )) daemon_cpu_ms=$(cpu_delta "$c1" "$c2") error_lines=$bad" >> "$R/cmtime.txt"
     if [ "$rc" != 0 ] || [ "$bad" != 0 ] || [ -z "$rate" ]; then ok=0; why+=" run $i rc $rc, $bad error lines;"; fi
     rates+="${rate:-?} "
   done
@@ -571,6 +602,44 @@ group_cmtime_only() {
   mark "$g.cmtime-start"
   start_daemon "$kind" "$R/$g" cmtime nostrace info
   if wait_ready "$g.cmtime-start"; then
+    sleep 0.5
+    cmtime_runs "$g"
+  else
+    result FAIL "$g.cmtime" "daemon not ready"
+  fi
+  stop_daemon
+}
+
+# node options from a group name: "cmtime-ours+jitless+v8-pool-size=0" -> "--jitless --v8-pool-size=0"
+node_flags_of() { local f=${1#*+} o=""; [ "$f" = "$1" ] && return 0; local IFS=+; for x in $f; do o+="--$x "; done; echo "${o% }"; }
+
+# trace-ours / trace-ref [+node flags]: the daemon under strace -f -tt -T (netlink,
+# UDP and epoll syscalls) during a few cmtime runs, for the connect path's
+# timeline (QUERY in -> REQ out -> REQ in -> REMOTE_INFO + ACC out -> ACC in ->
+# RQUERY + ACK out). strace slows every syscall: compare ours with ref.
+group_trace() {
+  local g=$1 kind=$2 d=$R/$1
+  mkdir -p "$d"
+  mark "$g.trace-start"
+  KT_STRACE_OPTS="-T" KT_TRACE_SET="$TRACE,epoll_wait,epoll_pwait,pselect6,select" start_daemon "$kind" "$d" trace strace info
+  if wait_ready "$g.trace-start"; then
+    sleep 0.5
+    CMTIME_RUNS=${KT_TRACE_RUNS:-4} CMTIME_CONNS=${KT_TRACE_CONNS:-16} cmtime_runs "$g"
+  else
+    result FAIL "$g.cmtime" "daemon not ready"
+  fi
+  stop_daemon
+  decode "$d" trace
+}
+
+# count-ours / count-ref [+node flags]: the daemon under strace -f -c during the
+# cmtime runs: system calls per connect (strace-count-cmtime.txt)
+group_count() {
+  local g=$1 kind=$2 d=$R/$1
+  mkdir -p "$d"
+  mark "$g.count-start"
+  start_daemon "$kind" "$d" cmtime count info
+  if wait_ready "$g.count-start"; then
     sleep 0.5
     cmtime_runs "$g"
   else
@@ -869,6 +938,12 @@ if setup; then
         mkdir -p "$R/profile-ours"
         KT_NODE_FLAGS="--cpu-prof --cpu-prof-dir=$R/profile-ours" group_cmtime_only profile-ours ours ;;
       cmtime-ref|cmtime-ours) group_cmtime_only "$grp" "${grp#cmtime-}" ;;
+      cmtime-ours+*)  # our daemon with extra node options, e.g. cmtime-ours+jitless+v8-pool-size=0
+        KT_NODE_FLAGS=$(node_flags_of "$grp") group_cmtime_only "$grp" ours ;;
+      trace-ref) group_trace trace-ref ref ;;
+      count-ref) group_count count-ref ref ;;
+      count-ours|count-ours+*) KT_NODE_FLAGS=$(node_flags_of "$grp") group_count "$grp" ours ;;
+      trace-ours|trace-ours+*) KT_NODE_FLAGS=$(node_flags_of "$grp") group_trace "$grp" ours ;;
       late-reply) quirk_late_reply late-reply ours ;;
       late-reply-ref) quirk_late_reply late-reply-ref ref ;;
       late-reply-live) quirk_late_reply late-reply-live ours live ;;

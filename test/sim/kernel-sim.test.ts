@@ -438,12 +438,41 @@ describe('KernelSim against a hand-driven daemon socket', () => {
       d.send(sim, nlmsg(d.h(5), a32(1, addSeq), a16(2, 12)));
       expect(await pending).toMatchObject({ kind: 'error', code: 12 });
     });
-    it('no answer: timeout after replyTimeoutMs', async () => {
+    it('no answer: timeout after replyTimeoutMs; a late answer is a kernel crash on 6.1', async () => {
       const r = await pending;
       expect(r).toMatchObject({ kind: 'timeout', seq: addSeq });
-      // a late answer then matches nothing
+      expect(sim.crashes).toEqual([]);
+      expect(sim.finishedRequest(addSeq)).toMatchObject({ op: 'add', how: 'timed-out' });
+      // 6.1 still finds the request: its callback would use the dead stack frame
       d.send(sim, ok(addSeq));
       expect((await d.next()).data.readInt32LE(16)).toBe(-22);
+      expect(sim.crashes).toHaveLength(1);
+      expect(sim.crashes[0]).toMatchObject({ op: 'add', seq: addSeq, how: 'timed-out' });
+      expect(sim.crashes[0]!.reason).toMatch(/KERNEL CRASH.*iwpm_add_mapping_cb/);
+      expect(sim.problems().join('\n')).toMatch(/KERNEL CRASH/);
+    });
+    it('a second answer to an answered request is a kernel crash; a late HANDLE_ERR is not', async () => {
+      d.send(sim, ok(addSeq));
+      expect((await pending).kind).toBe('ok');
+      expect((await d.next()).data.readInt32LE(16)).toBe(0);
+      expect(sim.problems()).toEqual([]);
+      // HANDLE_ERR for it: iwpm_mapping_error_cb touches only the request object
+      d.send(sim, nlmsg(d.h(5), a32(1, addSeq), a16(2, 11)));
+      expect((await d.next()).data.readInt32LE(16)).toBe(0);
+      expect(sim.crashes).toEqual([]);
+      // the same RMANAGE again
+      d.send(sim, ok(addSeq));
+      await d.next();
+      expect(sim.crashes).toHaveLength(1);
+      expect(sim.crashes[0]).toMatchObject({ op: 'add', seq: addSeq, how: 'answered' });
+    });
+    it('a reply naming a request that failed the policy early is not a crash (the kernel was still waiting)', async () => {
+      d.send(sim, nlmsg(d.h(1), a32(1, addSeq), abytes(2, sa4('10.9.9.9', 6000)), abytes(3, Buffer.alloc(16)), a16(4, 0)));
+      await d.next();
+      expect((await pending).kind).toBe('rejected-reply');
+      d.send(sim, ok(addSeq));
+      await d.next();
+      expect(sim.crashes).toEqual([]);
     });
     it('REG_PID reply checks: wrong ibdev, wrong ulib name, unterminated string', async () => {
       d.send(sim, ok(addSeq));
@@ -585,6 +614,97 @@ describe('KernelSim against a hand-driven daemon socket', () => {
     // still VALID: later adds skip mapping without asking
     expect((await sim.add('10.0.0.1:7002')).kind).toBe('unmapped');
     expect(sim.problems()).toEqual([]);
+  });
+
+  it('QUERY and REG_PID answered after their timeout are kernel crashes too', async () => {
+    await handshake4();
+    const reg = sim.regPid();
+    const rseq = (await d.next()).data.readUInt32LE(8);
+    expect((await reg).kind).toBe('timeout');
+    d.send(sim, nlmsg(d.h(0), a32(1, rseq), astr(2, 'siw0'), astr(3, 'iWarpPortMapperUser'), a16(4, 4), a16(5, 0)));
+    await d.next();
+    expect(sim.crashes.map((c) => [c.op, c.how])).toEqual([['reg_pid', 'timed-out']]);
+    expect(sim.crashes[0]!.reason).toMatch(/iwpm_register_pid_cb/);
+    // the late REG_PID reply did not register the daemon
+    expect(sim.registration[2]).toBe('INCOMPL');
+    const q = sim.query('10.0.0.1:40000', '10.0.0.2:5000');
+    await answerRegPid();
+    await d.next();
+    const qseq = (await d.next()).data.readUInt32LE(8);
+    expect((await q).kind).toBe('timeout');
+    d.send(
+      sim,
+      nlmsg(d.h(2), a32(1, qseq), abytes(2, sa4('10.0.0.1', 40000)), abytes(3, sa4('10.0.0.2', 5000)), abytes(4, sa4('10.0.0.1', 40000)), abytes(5, sa4('10.0.0.2', 5000)), a16(6, 0)),
+    );
+    await d.next();
+    expect(sim.crashes.map((c) => [c.op, c.how])).toEqual([
+      ['reg_pid', 'timed-out'],
+      ['query', 'timed-out'],
+    ]);
+    expect(sim.crashes[1]!.reason).toMatch(/iwpm_add_and_query_mapping_cb/);
+  });
+
+  it('REG_PID multicast with nobody in the group fails: mapper unavailable, nothing asked until a HELLO', async () => {
+    sim.close();
+    const lonely = 29; // no socket of this test joins it
+    sim = await KernelSim.create({ abi: 4, group: lonely, replyTimeoutMs: 1500 });
+    d.send(sim, nlmsg(d.h(8), a16(1, 4)));
+    await d.next();
+    await d.next();
+    const seqBefore = sim.nextSeq();
+    const r = await sim.add('10.0.0.1:7000', { flags: 1 });
+    expect(r).toMatchObject({ kind: 'unmapped' });
+    if (r.kind === 'unmapped') expect(r.reason).toMatch(/ESRCH/);
+    expect(sim.userPid).toBe(-2);
+    // the failed REG_PID used up a header seq, as in the kernel
+    expect(sim.nextSeq()).toBe(seqBefore + 2);
+    // never asked again, nothing sent to the daemon
+    expect((await sim.query('10.0.0.1:40000', '10.0.0.2:5000')).kind).toBe('unmapped');
+    await d.quiet();
+    expect(sim.mapinfo).toHaveLength(0);
+    // a HELLO brings the daemon back (INCOMPL): the next ADD multicasts REG_PID again
+    d.send(sim, nlmsg(d.h(8), a16(1, 4)));
+    await d.next();
+    await d.next();
+    expect(sim.userPid).toBe(d.portId);
+    const g = new HandDaemon(freshPortId(), lonely);
+    try {
+      const p = sim.add('10.0.0.1:7001');
+      const reg = await g.next();
+      expect(reg.data.readUInt16LE(4)).toBe(0x800);
+      sim.close();
+      expect((await p).kind).not.toBe('ok');
+    } finally {
+      g.close();
+    }
+  });
+
+  it('after a restart (INCOMPL), REMOVE goes to the new daemon before any REG_PID; 26 records replay as 12 + 12 + 2', async () => {
+    for (let i = 0; i < 26; i++) sim.addMapinfoRecord(`192.0.2.1:${7400 + i}`, `192.0.2.1:${7400 + i}`, 1);
+    d.send(sim, nlmsg(d.h(8), a16(1, 4)));
+    await d.next();
+    await d.next();
+    d.send(sim, nlmsg(d.h(6), astr(1, 'iWarpPortMapperUser'), a16(2, 4)));
+    const per: number[] = [];
+    for (;;) {
+      const g = (await d.next()).data;
+      if (g.readUInt16LE(4) !== 0x806) {
+        expect(g.readUInt16LE(4)).toBe(0x807); // MAPINFO_NUM after the records
+        expect(g.readUInt32LE(28)).toBe(26);
+        break;
+      }
+      per.push((g.length - 16) / 288);
+    }
+    expect(per).toEqual([12, 12, 2]);
+    expectBytes((await d.next()).data, done(1, d.portId, 0)); // the request's DONE comes last
+    expect(sim.registration[2]).toBe('INCOMPL');
+    const seq = sim.remove('192.0.2.1:7400');
+    expect(seq).toBeDefined();
+    const rm = await d.next();
+    expect(rm.data.readUInt16LE(4)).toBe(0x803);
+    expect(rm.groups).toBe(0);
+    expect(sim.mapinfo).toHaveLength(25);
+    await d.quiet();
   });
 
   it('a port id >= 2^31 is not a valid pid for the kernel (int): mappings are skipped', async () => {

@@ -30,6 +30,30 @@
  *     NLMSG_DONE, then MAPINFO_NUM {SEQ 0, SEND_NUM} with a fresh header seq; an
  *     empty table sends nothing.
  *
+ * Facts from the real kernel (Debian 6.1 under qemu, docs/real-kernel.md) modelled here:
+ *
+ *   - The dump NLMSG_DONE of a daemon message comes after what its handler sends
+ *     (HELLO reply, then DONE; MAPINFO records, their bare DONEs and MAPINFO_NUM, then
+ *     the MAPINFO request's DONE, which thus marks "replay finished", also for an
+ *     empty table). `doneTiming: 'before-handler'` remains as a robustness check.
+ *   - 12 records per replay datagram with 4 KiB pages (26 records: 12 + 12 + 2).
+ *   - After a HELLO or MAPINFO request the registration is INCOMPL, yet ADD/QUERY
+ *     and REMOVE_MAPPING already go to the new daemon by unicast; REMOVEs of replayed
+ *     mappings can reach it before any REG_PID (only add/query register first).
+ *   - REG_PID multicast to a group nobody has joined fails (-ESRCH): the kernel marks
+ *     the port mapper unavailable and maps nothing until a daemon's HELLO (checked
+ *     here with /proc/net/netlink, since a USERSOCK multicast send cannot tell).
+ *   - A unicast ADD that cannot be delivered (daemon gone) forgets the daemon's pid;
+ *     the registration stays VALID, so nothing more is asked until a new HELLO.
+ *   - The 6.1 late-reply bug: a request object (iwpm_nlmsg_request) is never freed
+ *     and stays findable by its seq after its waiter returned (timed out or answered),
+ *     with req_buffer pointing into the dead stack frame of iw_cm_map(). An ADD,
+ *     QUERY or REG_PID reply naming such a request makes iwpm_add_mapping_cb /
+ *     iwpm_add_and_query_mapping_cb / iwpm_register_pid_cb read and write that stale
+ *     stack: an oops, or silent stack corruption. The simulator records it as a
+ *     kernel crash (`crashes`, and a rejection, so problems() lists it). A late
+ *     HANDLE_ERR only touches the request object itself and is harmless.
+ *
  * Deliberately stricter than the kernel (recorded as rejections so tests see them):
  * replies from a sender other than the learned daemon port id, a header nlmsg_pid
  * that differs from the sender's port id, and a reply of the wrong op for the request
@@ -42,6 +66,7 @@
  * encodeKernel* helpers, whose bytes test/sim/kernel-sim.test.ts checks against the
  * spec's golden examples.
  */
+import { readFileSync } from 'node:fs';
 import { getSystemErrorName } from 'node:util';
 import { native } from '../../src/native/index.js';
 import { NETLINK_USERSOCK, type NetlinkBatch, type NetlinkSocket } from '../../src/native/types.js';
@@ -113,9 +138,10 @@ export interface KernelSimOptions {
   replyTimeoutMs?: number;
   /**
    * When the dump NLMSG_DONE for a daemon message goes out relative to what the handler
-   * itself sends (HELLO reply, MAPINFO replay). Code reading says after (default); the
-   * qemu capture in spec section 10 saw the DONE of a MAPINFO request first. A daemon must
-   * cope with both.
+   * itself sends (HELLO reply, MAPINFO replay). The real 6.1 kernel sends it after
+   * (default; docs/real-kernel.md sections 1-2): HELLO reply then DONE, replay records +
+   * MAPINFO_NUM then the request's DONE. 'before-handler' checks that a daemon does not
+   * depend on that order.
    */
   doneTiming?: DoneTiming;
   /** Legacy kernels also registered client 3 (C4IW). Default false: client 3 gets NLMSG_ERROR. */
@@ -267,11 +293,58 @@ interface Pending {
   resolve: (o: RequestOutcome<Record<string, unknown>>) => void;
 }
 
+/** A request the kernel's waiter is done with (timed out, or completed by a reply). */
+interface Finished {
+  op: PendingOp;
+  seq: number;
+  how: 'timed-out' | 'answered';
+  atMs: number;
+  /** The log entry that completed it ('answered'). */
+  by?: number;
+}
+
+/** FIFO bound on remembered finished requests (a long stress test sends many). */
+const MAX_FINISHED = 1 << 16;
+
+export interface CrashRecord {
+  /** The reply that would have crashed the kernel. */
+  entry: ReceivedEntry;
+  op: PendingOp;
+  seq: number;
+  /** What had happened to the request before this reply. */
+  how: 'timed-out' | 'answered';
+  /** When (simulator ms) the request timed out or was answered. */
+  finishedAtMs: number;
+  reason: string;
+}
+
 interface Barrier {
   seq: number;
   timer?: NodeJS.Timeout;
   resolve?: (o: BarrierOutcome) => void;
   replay?: ReplayRecord;
+}
+
+/**
+ * Whether any NETLINK_USERSOCK socket of this network namespace has joined `group`
+ * (/proc/net/netlink: protocol column 2, Groups = the first 32 groups as hex). When
+ * the table cannot be read, assume so (the multicast then goes out as before).
+ */
+export function groupHasListener(group: number): boolean {
+  let text: string;
+  try {
+    text = readFileSync('/proc/net/netlink', 'utf8');
+  } catch {
+    return true;
+  }
+  const bit = 2 ** (group - 1);
+  for (const line of text.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 4 || f[1] !== '2') continue;
+    const groups = parseInt(f[3]!, 16);
+    if (Number.isFinite(groups) && Math.floor(groups / bit) % 2 === 1) return true;
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------
@@ -533,8 +606,15 @@ export class KernelSim {
   readonly remoteInfos: RemoteInfoRecord[] = [];
   /** Datagrams sent to the daemon (for debugging). */
   readonly sent: { dest: number; groups: number; data: Buffer; atMs: number }[] = [];
+  /**
+   * Replies that would have crashed Linux 6.1: an ADD/QUERY/REG_PID reply for a request
+   * that had already timed out or been answered (see the header).
+   */
+  readonly crashes: CrashRecord[] = [];
 
   private readonly pending = new Map<number, Pending>();
+  /** Requests whose waiter has returned, by seq: still findable in a 6.1 kernel. */
+  private readonly finished = new Map<number, Finished>();
   private readonly barriers = new Map<number, Barrier>();
   private waiters: { pred: (e: ReceivedEntry) => boolean; from: number; resolve: (e: ReceivedEntry) => void }[] = [];
   private datagramCount = 0;
@@ -647,6 +727,11 @@ export class KernelSim {
     const ibdev = dev.ibdev ?? this.opts.ibdev;
     const seq = this.nextSeq();
     const msg = encodeKernelRegPid({ seq }, { echoSeq: this.echoSeq, ifname, ibdev, ulib: dev.ulib }, client);
+    if (!groupHasListener(this.opts.group)) {
+      // nlmsg_multicast -> -ESRCH: "iwpm_register_pid: Unable to send a nlmsg"
+      this.userPid = IWPM_PID_UNAVAILABLE;
+      return Promise.resolve({ kind: 'unmapped', seq, reason: `REG_PID multicast failed: nobody in group ${this.opts.group} (ESRCH)` });
+    }
     const p = this.expect<{ version: number }>({ op: 'reg_pid', seq, client, ibdev });
     const r = this.xmit([msg], 0, 1 << (this.opts.group - 1));
     if (!r.ok) {
@@ -972,6 +1057,7 @@ export class KernelSim {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.pending.delete(p.seq);
+        this.remember({ op: p.op, seq: p.seq, how: 'timed-out', atMs: this.now() });
         resolve({ kind: 'timeout', seq: p.seq });
       }, this.opts.replyTimeoutMs);
       this.pending.set(p.seq, { ...p, timer, resolve: resolve as Pending['resolve'] });
@@ -986,12 +1072,36 @@ export class KernelSim {
     }
   }
 
-  private complete(seq: number, o: RequestOutcome<Record<string, unknown>>): void {
+  /**
+   * Resolve a waiting request. `answered`: the kernel's callback found it and woke the
+   * waiter (a further reply for it would hit the 6.1 bug); false for replies the kernel
+   * would have refused before finding the request (policy failures), which the
+   * simulator resolves early for convenience.
+   */
+  private complete(seq: number, o: RequestOutcome<Record<string, unknown>>, answered = true): void {
     const p = this.pending.get(seq);
     if (!p) return;
     clearTimeout(p.timer);
     this.pending.delete(seq);
+    if (answered) {
+      const by = 'reply' in o ? o.reply.index : undefined;
+      this.remember({ op: p.op, seq, how: 'answered', atMs: this.now(), by });
+    }
     p.resolve(o);
+  }
+
+  private remember(f: Finished): void {
+    if (this.finished.size >= MAX_FINISHED) {
+      const oldest = this.finished.keys().next();
+      if (!oldest.done) this.finished.delete(oldest.value);
+    }
+    this.finished.set(f.seq, f);
+  }
+
+  /** How a request that is no longer waiting ended, if the simulator still knows. */
+  finishedRequest(seq: number): { op: PendingOp; how: 'timed-out' | 'answered'; atMs: number } | undefined {
+    const f = this.finished.get(seq);
+    return f && { op: f.op, how: f.how, atMs: f.atMs };
   }
 
   /** Outstanding request seqs (for tests). */
@@ -1131,6 +1241,10 @@ export class KernelSim {
     const done = encodeDone(header.seq, sender, status);
     this.answerOut(out, header, this.opts.doneTiming === 'before-handler' ? [{ dest: sender, data: done }, ...side] : [...side, { dest: sender, data: done }]);
     const entry = this.log({ ...base, answer: { kind: 'done', status }, answered }, rejected);
+    if (this.pendingCrash) {
+      this.crashes.push({ entry, ...this.pendingCrash });
+      this.pendingCrash = undefined;
+    }
     if (entry.msg.op === 'remote_info' && !rejected) {
       const m = entry.msg;
       this.remoteInfos.push({ client: m.client, local: m.local, remote: m.remote, mappedLocal: m.mappedLocal, mappedRemote: m.mappedRemote, entry });
@@ -1188,7 +1302,7 @@ export class KernelSim {
       if (p && this.userPid > 0 && sender === this.userPid >>> 0) {
         const seq = p.seq;
         this.pendingResolution = (entry) =>
-          this.complete(seq, { kind: 'rejected-reply', seq, reason: `reply failed the kernel's policy: ${msg.reason}`, reply: entry });
+          this.complete(seq, { kind: 'rejected-reply', seq, reason: `reply failed the kernel's policy: ${msg.reason}`, reply: entry }, false);
       }
       return { status: -EINVAL, rejected: msg.reason };
     }
@@ -1270,7 +1384,11 @@ export class KernelSim {
         }
         if (msg.op !== 'reg_pid') this.echoSeq = header.seq;
         const p = this.pending.get(msg.seqAttr);
-        if (!p) return { status: -EINVAL, rejected: `${msg.op} reply with SEQ ${msg.seqAttr}: Could not find a matching request` };
+        if (!p) {
+          const f = this.finished.get(msg.seqAttr);
+          if (f) return this.lateReply(msg.op, f);
+          return { status: -EINVAL, rejected: `${msg.op} reply with SEQ ${msg.seqAttr}: Could not find a matching request` };
+        }
         if (p.op !== msg.op) {
           const seq = p.seq;
           const reason = `${msg.op} reply names seq ${seq}, which is a ${p.op} request`;
@@ -1292,6 +1410,27 @@ export class KernelSim {
         return { status: -EINVAL, rejected: `unexpected ${msg.op}` };
     }
   }
+
+  /**
+   * A reply for a request the kernel's waiter is done with: Linux 6.1 finds the request
+   * (never freed) and its callback reads/writes the dead iw_cm_map() stack frame.
+   * Recorded as a crash; the DONE status sent stays -EINVAL (a real kernel would have
+   * oopsed in the daemon's send, or returned 0 after corrupting its stack).
+   */
+  private lateReply(op: 'reg_pid' | 'add' | 'query', f: Finished): { status: number; rejected: string } {
+    const cb = op === 'reg_pid' ? 'iwpm_register_pid_cb' : op === 'add' ? 'iwpm_add_mapping_cb' : 'iwpm_add_and_query_mapping_cb';
+    const what =
+      f.how === 'timed-out'
+        ? `which timed out ${Math.round(this.now() - f.atMs)} ms ago`
+        : `which was already answered${f.by !== undefined ? ` by #${f.by}` : ''} ${Math.round(this.now() - f.atMs)} ms ago`;
+    const reason =
+      `KERNEL CRASH (Linux 6.1): ${op} reply for ${f.op} request seq ${f.seq}, ${what}: ` +
+      `${cb} uses the request's req_buffer, a dead stack frame of iw_cm_map() (oops or stack corruption)`;
+    this.pendingCrash = { op: f.op, seq: f.seq, how: f.how, finishedAtMs: f.atMs, reason };
+    return { status: -EINVAL, rejected: reason };
+  }
+
+  private pendingCrash?: Omit<CrashRecord, 'entry'>;
 
   /** Stricter-than-kernel: replies must come from the learned daemon and carry its port id. */
   private checkSender(sender: number, pidMismatch: string | undefined): string | undefined {
