@@ -102,6 +102,12 @@ export interface DaemonDeps {
   kernelPortId: number;
   /** Most datagrams one receive batch can hold: a smaller batch means the socket was drained. */
   recvBatchSize?: number;
+  /**
+   * Runs `fn` after the socket reads of the current event-loop turn (setImmediate).
+   * After a stall the timers run before the backlog is read; this tells "no backlog"
+   * apart. Without it, the next tick does.
+   */
+  afterReads?: (fn: () => void) => void;
 }
 
 export interface DaemonCounters {
@@ -199,6 +205,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   private lastTickMs: number;
   /** Reading a backlog left by a stall: requests in it are dropped unanswered. */
   private stale = false;
+  /** Receive batches handled since `stale` was set. */
+  private staleBatches = 0;
   /** ADD/QUERY of this batch, by local address, so a REMOVE later in it can withdraw them. */
   private readonly batchRequests = new Map<number | string, (() => void)[]>();
   /** Inside runBatch: peer events wait for its single send. */
@@ -240,7 +248,19 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
 
   /** Periodic work (HELLO retries). Call every few hundred ms. */
   tick(nowMs: number): void {
+    // After SIGSTOP/SIGCONT (or starvation) libuv runs its timers before it reads the
+    // sockets, so the stall shows here first; the backlog is read later in this turn.
+    const gap = nowMs - this.lastTickMs;
     this.lastTickMs = nowMs;
+    if (gap >= STALL_DROP_MS) {
+      this.enterStale(gap);
+      const settle = (): void => {
+        if (this.stale && this.staleBatches === 0) this.stale = false; // nothing was waiting
+      };
+      if (this.deps.afterReads) this.deps.afterReads(settle);
+    } else if (this.stale && this.staleBatches === 0 && !this.deps.afterReads) {
+      this.stale = false;
+    }
     if (this.abi.phase === 'negotiating' && nowMs - this.abi.lastHelloMs >= HELLO_RETRY_MS) {
       if (this.abi.attempts < HELLO_ATTEMPTS) {
         this.warn('hello', `no answer to HELLO from the kernel after ${HELLO_RETRY_MS} ms; sending it again`);
@@ -270,13 +290,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   /** One receive batch from the netlink socket. */
   onBatch(datagrams: readonly ReceivedDatagram[]): void {
     const gap = this.deps.now() - this.lastTickMs;
-    if (gap >= STALL_DROP_MS && !this.stale) {
-      this.stale = true;
-      this.deps.log.warn(
-        `the daemon stood still for ${Math.round(gap)} ms: requests read before the netlink socket drains ` +
-          'are not answered (the kernel gave up on them after 10 s; a late answer can crash it)',
-      );
-    }
+    if (gap >= STALL_DROP_MS) this.enterStale(gap);
+    if (this.stale) this.staleBatches++;
     this.batchRequests.clear();
     this.inBatch = true;
     try {
@@ -286,6 +301,17 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     }
     this.finishBatch();
     if (this.stale && datagrams.length < (this.deps.recvBatchSize ?? 64)) this.stale = false;
+  }
+
+  private enterStale(gapMs: number): void {
+    if (!this.stale) {
+      this.deps.log.warn(
+        `the daemon stood still for ${Math.round(gapMs)} ms: requests read before the netlink socket drains ` +
+          'are not answered (the kernel gave up on them after 10 s; a late answer can crash it)',
+      );
+    }
+    this.stale = true;
+    this.staleBatches = 0;
   }
 
   private receiveBatch(datagrams: readonly ReceivedDatagram[]): void {

@@ -152,6 +152,7 @@ export class Service {
       portId: nl.portId,
       kernelPortId,
       recvBatchSize: NL_RECV_BATCH,
+      afterReads: (fn) => setImmediate(fn),
     });
 
     this.peer = await startPeer({ daemon: this.daemon, log, port: this.opts.udpPort });

@@ -139,16 +139,14 @@ describe('late replies: the daemon never answers a request the kernel has given 
     expectClean(sim);
   });
 
-  // KNOWN BUG (reported to the lead; remove `.fails` once fixed): after a stall with
-  // nothing queued behind the late requests, only the daemon's stall detection can
-  // tell, and it does not fire. On SIGCONT libuv's epoll_wait returns EINTR with its
-  // timeout used up, so the loop runs the 100 ms ticker (IwpmDaemon.tick sets
-  // lastTickMs) before it polls the netlink socket; onBatch then sees a gap of ~0 ms
-  // and answers the backlog. The same happens on the real 6.1 kernel (kernel test
-  // group late-reply-live: both late answers sent, "iwpm_add_and_query_mapping_cb:
-  // Incorrect local sockaddr" read from the dead stack frame).
-  it.fails(
-    `KNOWN BUG: stopped longer than STALL_DROP_MS (${STALL_DROP_MS} ms) with no REMOVE behind the requests: the backlog must not be answered`,
+  // After a stall with nothing queued behind the late requests only the daemon's
+  // stall detection can tell. On SIGCONT libuv's epoll_wait returns EINTR with its
+  // timeout used up, so the loop runs the ticker before it polls the netlink socket:
+  // the stall is seen in IwpmDaemon.tick, and the backlog read in that same loop
+  // turn is dropped. (On the real 6.1 kernel, answering it made iw_cm read a dead
+  // stack frame: kernel test group late-reply-live.)
+  it(
+    `stopped longer than STALL_DROP_MS (${STALL_DROP_MS} ms) with no REMOVE behind the requests: the backlog must not be answered`,
     async () => {
       rig = await startRig({ abi: 4, group: GROUP, replyTimeoutMs: REPLY_TIMEOUT_MS });
       const { sim, daemon } = rig;

@@ -12,7 +12,7 @@ import { killAllDaemons } from '../sim/daemon-proc.js';
 import { type QueryOutcome, fmtSockaddr, sameSockaddr } from '../sim/kernel-sim.js';
 import { type Rig, X, expectBytes, expectClean, hOf, localPort, startRig, stopRig } from './helpers.js';
 
-const GROUP = 11;
+const GROUP = 13;
 let rig: Rig;
 
 beforeEach(async () => {

@@ -44,6 +44,8 @@ interface HarnessOptions {
   binder?: FakePortBinder;
   kernelPortId?: number;
   peer?: boolean;
+  /** Collect afterReads callbacks (the service runs them with setImmediate). */
+  afterReads?: (() => void)[];
 }
 
 function harness(o: HarnessOptions = {}) {
@@ -60,6 +62,7 @@ function harness(o: HarnessOptions = {}) {
     now: () => now,
     portId: PID,
     kernelPortId,
+    afterReads: o.afterReads ? (fn) => o.afterReads!.push(fn) : undefined,
   });
   const peer = new FakePeer();
   if (o.peer !== false) d.setPeer(peer);
@@ -1066,6 +1069,35 @@ describe('requests the kernel has given up on (a late answer can oops a 6.1 kern
     h.d.tick(h.now);
     h.advance(STALL_DROP_MS - 1000);
     expect(h.batch(kAdd(7, local())).map((m) => m.op)).toEqual(['rmanage']);
+    expect(h.d.counters.lateDropped).toBe(0);
+  });
+});
+
+describe('stall seen by the ticker (SIGCONT: libuv runs timers before it reads the sockets)', () => {
+  it('the backlog read right after the stalled tick is dropped; the turn after it answers again', () => {
+    const deferred: (() => void)[] = [];
+    const h = harness({ afterReads: deferred });
+    ready(h, 4);
+    h.d.tick(h.now);
+    h.advance(STALL_DROP_MS + 3000);
+    h.d.tick(h.now); // timers phase: the stall is seen here
+    expect(h.batch(kAdd(7, raw('192.0.2.1', 7000)), kQuery(8, raw('192.0.2.1', 7001), raw('192.0.2.2', 5000)))).toEqual([]);
+    deferred.splice(0).forEach((f) => f()); // check phase
+    expect(h.d.counters.lateDropped).toBe(2);
+    expect(h.peer.started).toEqual([]);
+    expect(h.batch(kAdd(9, raw('192.0.2.1', 7002))).map((m) => m.op)).toEqual(['rmanage']);
+  });
+
+  it('no backlog: the stall ends with that loop turn and the next request is answered', () => {
+    const deferred: (() => void)[] = [];
+    const h = harness({ afterReads: deferred });
+    ready(h, 4);
+    h.d.tick(h.now);
+    h.advance(STALL_DROP_MS + 3000);
+    h.d.tick(h.now);
+    deferred.splice(0).forEach((f) => f()); // nothing was read in between
+    h.advance(50);
+    expect(h.batch(kAdd(7, raw('192.0.2.1', 7000))).map((m) => m.op)).toEqual(['rmanage']);
     expect(h.d.counters.lateDropped).toBe(0);
   });
 });
