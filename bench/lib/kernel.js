@@ -302,9 +302,11 @@ export function sockaddr(ip, port) {
   return encodeSockaddr(parseIp(ip, port));
 }
 
-/** ADD_MAPPING (ABI 4, FLAGS present) for ip:<port>. */
-export function addTemplate(ip, flags = 0) {
-  const t = encodeKernelAdd({ seq: 0 }, { echoSeq: 0, local: sockaddr(ip, 1), flags });
+/**
+ * A message encoded once with port 1 in its local address (attribute 2); the returned
+ * function copies it with the header seq and that port patched.
+ */
+function patchable(t) {
   const portOff = findAddrAttr(t, 2) + 2;
   return (seq, port) => {
     const b = Buffer.allocUnsafe(t.length);
@@ -315,32 +317,20 @@ export function addTemplate(ip, flags = 0) {
   };
 }
 
+/** ADD_MAPPING (ABI 4, FLAGS present) for ip:<port>. */
+export function addTemplate(ip, flags = 0) {
+  return patchable(encodeKernelAdd({ seq: 0 }, { echoSeq: 0, local: sockaddr(ip, 1), flags }));
+}
+
 export function removeTemplate(ip) {
-  const t = encodeKernelRemove({ seq: 0 }, { echoSeq: 0, local: sockaddr(ip, 1) });
-  const portOff = findAddrAttr(t, 2) + 2;
-  return (seq, port) => {
-    const b = Buffer.allocUnsafe(t.length);
-    t.copy(b);
-    b.writeUInt32LE(seq, SEQ_OFF);
-    b.writeUInt16BE(port, portOff);
-    return b;
-  };
+  return patchable(encodeKernelRemove({ seq: 0 }, { echoSeq: 0, local: sockaddr(ip, 1) }));
 }
 
 /** QUERY_MAPPING (ABI 4) local ip:<port> -> remote remoteIp:remotePort. */
 export function queryTemplate(ip, remoteIp, remotePort, flags = 0) {
-  const t = encodeKernelQuery(
-    { seq: 0 },
-    { echoSeq: 0, local: sockaddr(ip, 1), remote: sockaddr(remoteIp, remotePort), flags },
+  return patchable(
+    encodeKernelQuery({ seq: 0 }, { echoSeq: 0, local: sockaddr(ip, 1), remote: sockaddr(remoteIp, remotePort), flags }),
   );
-  const portOff = findAddrAttr(t, 2) + 2;
-  return (seq, port) => {
-    const b = Buffer.allocUnsafe(t.length);
-    t.copy(b);
-    b.writeUInt32LE(seq, SEQ_OFF);
-    b.writeUInt16BE(port, portOff);
-    return b;
-  };
 }
 
 /** Port (host order) of a 128-byte sockaddr attribute, or -1. */
