@@ -776,15 +776,25 @@ export class KernelSim {
     return out;
   }
 
-  private addMapping(localRaw: Buffer, flags: number, client: number): Promise<AddOutcome> {
-    if (this.userPid <= 0) return Promise.resolve({ kind: 'unmapped', reason: 'no valid daemon pid' });
-    if (this.registration[client] !== 'VALID') {
-      return Promise.resolve({ kind: 'unmapped', reason: 'Unregistered port mapper client' });
-    }
+  /**
+   * The checks iwpm_add_mapping and iwpm_add_and_query_mapping share: a valid daemon
+   * pid, a VALID registration, FLAGS only on ABI 4. Returns the request's seq, or the
+   * outcome when the kernel would not ask the daemon.
+   */
+  private mapGate(client: number, flags: number): number | { kind: 'unmapped'; seq?: number; reason: string } {
+    if (this.userPid <= 0) return { kind: 'unmapped', reason: 'no valid daemon pid' };
+    if (this.registration[client] !== 'VALID') return { kind: 'unmapped', reason: 'Unregistered port mapper client' };
     const seq = this.nextSeq();
     if (flags && this.ulibVersion === IWPM_UABI_VERSION_MIN) {
-      return Promise.resolve({ kind: 'unmapped', seq, reason: 'flags need ABI 4 (quiet -EINVAL)' });
+      return { kind: 'unmapped', seq, reason: 'flags need ABI 4 (quiet -EINVAL)' };
     }
+    return seq;
+  }
+
+  private addMapping(localRaw: Buffer, flags: number, client: number): Promise<AddOutcome> {
+    const gate = this.mapGate(client, flags);
+    if (typeof gate !== 'number') return Promise.resolve(gate);
+    const seq = gate;
     const msg = encodeKernelAdd(
       { seq },
       { echoSeq: this.echoSeq, local: localRaw, flags: this.ulibVersion > IWPM_UABI_VERSION_MIN ? flags : undefined },
@@ -818,14 +828,9 @@ export class KernelSim {
   }
 
   private queryMapping(localRaw: Buffer, remoteRaw: Buffer, flags: number, client: number): Promise<QueryOutcome> {
-    if (this.userPid <= 0) return Promise.resolve({ kind: 'unmapped', reason: 'no valid daemon pid' });
-    if (this.registration[client] !== 'VALID') {
-      return Promise.resolve({ kind: 'unmapped', reason: 'Unregistered port mapper client' });
-    }
-    const seq = this.nextSeq();
-    if (flags && this.ulibVersion === IWPM_UABI_VERSION_MIN) {
-      return Promise.resolve({ kind: 'unmapped', seq, reason: 'flags need ABI 4 (quiet -EINVAL)' });
-    }
+    const gate = this.mapGate(client, flags);
+    if (typeof gate !== 'number') return Promise.resolve(gate);
+    const seq = gate;
     const msg = encodeKernelQuery(
       { seq },
       {
