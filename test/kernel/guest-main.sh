@@ -95,6 +95,17 @@ cmids() { rdma res show cm_id 2>/dev/null | grep -c 'state' || true; }
 
 # --------------------------------------------------------------- the daemons
 DPID="" SPID="" DKIND=""
+# The daemon's pid under strace (strace's child), waited for up to 5 s; empty if none.
+traced_child() {
+  local i pid=""
+  for i in $(seq 100); do
+    pid=$(pgrep -P "$1" | head -1)
+    [ -n "$pid" ] && break
+    sleep 0.05
+  done
+  echo "$pid"
+}
+
 # start_daemon KIND DIR TAG [strace]: DPID = daemon, SPID = what we wait on
 start_daemon() {
   local kind=$1 dir=$2 tag=$3 tr=${4:-strace} level=${5:-debug}
@@ -109,24 +120,12 @@ start_daemon() {
     # syscall counts only (strace -c): written when the daemon exits
     strace -f -c -o "$dir/strace-count-$tag.txt" "${cmd[@]}" > "$dir/daemon-$tag.log" 2>&1 &
     SPID=$!
-    DPID=""
-    local i
-    for i in $(seq 100); do
-      DPID=$(pgrep -P "$SPID" | head -1)
-      [ -n "$DPID" ] && break
-      sleep 0.05
-    done
+    DPID=$(traced_child "$SPID")
   elif [ "$tr" = strace ]; then
     strace -f --seccomp-bpf -tt -yy -s 32 ${KT_STRACE_OPTS:-} -e trace=${KT_TRACE_SET:-$TRACE} -e read=all -e write=all \
       -o "$dir/strace-$tag.txt" "${cmd[@]}" > "$dir/daemon-$tag.log" 2>&1 &
     SPID=$!
-    DPID=""
-    local i
-    for i in $(seq 100); do
-      DPID=$(pgrep -P "$SPID" | head -1)
-      [ -n "$DPID" ] && break
-      sleep 0.05
-    done
+    DPID=$(traced_child "$SPID")
   else
     "${cmd[@]}" > "$dir/daemon-$tag.log" 2>&1 &
     SPID=$!
