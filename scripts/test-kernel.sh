@@ -16,7 +16,7 @@
 # Environment:
 #   IWPMD_KT_RESULTS      results folder (default <project>/test-results/kernel)
 #   IWPMD_KT_SCENARIOS    space/comma separated groups to run, in order
-#                         (default "nodaemon ref ours compare quirks late-reply"):
+#                         (default "nodaemon ref ours compare quirks late-reply late-reply-live"):
 #                           nodaemon  rping + cmtime with no port mapper at all
 #                           ref       rdma-core's /usr/sbin/iwpmd: startup, rping,
 #                                     kill/restart, cmtime
@@ -30,14 +30,13 @@
 #                                     answer the timed-out ADD/QUERY (a late answer
 #                                     oopses 6.1), must count them (lateDropped), and
 #                                     map new connections afterwards. Keep it last.
+#                         late-reply-live (default, last) late-reply with SIGCONT while
+#                                           the rping pair still runs (no REMOVE queued behind
+#                                           the late requests; only the stall detection can tell)
 #                         opt-in:
 #                           quirks-ref      the quirks with rdma-core's iwpmd
 #                           late-reply-ref  late-reply with iwpmd (it does answer and
 #                                           can oops the kernel: run it last)
-#                           late-reply-live late-reply with SIGCONT while the rping
-#                                           pair still runs (no REMOVE queued behind the
-#                                           late requests; only the daemon's stall
-#                                           detection can tell). Run it last.
 #                           cmtime-nodaemon, cmtime-ref, cmtime-ours
 #                                           only the cmtime runs (benchmarking;
 #                                           cmtime-nodaemon must come first)
@@ -71,7 +70,7 @@ set -uo pipefail
 PROJECT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${IWPMD_KERNEL_CACHE:-/var/cache/iwpmd-kernel-test}
 RESULTS=${IWPMD_KT_RESULTS:-$PROJECT/test-results/kernel}
-SCENARIOS=${IWPMD_KT_SCENARIOS:-nodaemon ref ours compare quirks late-reply}
+SCENARIOS=${IWPMD_KT_SCENARIOS:-nodaemon ref ours compare quirks late-reply late-reply-live}
 SCENARIOS=${SCENARIOS//,/ }
 CMTIME_RUNS=${IWPMD_KT_CMTIME_RUNS:-4}
 CMTIME_CONNS=${IWPMD_KT_CMTIME_CONNS:-64}

@@ -28,7 +28,7 @@ NODE=${KT_NODE:-node}
 export PATH="$(dirname "$NODE"):$PATH"
 DECODE="$NODE $HERE/decode-strace.mjs"
 IWPMCTL="$NODE $P/dist/cli/iwpmctl.js --control $CTL"
-SCENARIOS=${KT_SCENARIOS:-nodaemon ref ours compare quirks late-reply}
+SCENARIOS=${KT_SCENARIOS:-nodaemon ref ours compare quirks late-reply late-reply-live}
 CMTIME_RUNS=${KT_CMTIME_RUNS:-4}
 CMTIME_CONNS=${KT_CMTIME_CONNS:-64}
 T0=$(date +%s.%N)
@@ -783,10 +783,10 @@ quirk_hung_daemon() {
 # PASS = no reply to a timed-out request, no oops/BUG/general protection/page
 # fault, the daemon survives and (ours) counts the dropped requests
 # (iwpmctl show stats: daemon.lateDropped) and says so in its log, and new
-# connections afterwards are mapped normally. Group "late-reply" (ours) is in
-# the default list, last; "late-reply-ref" (rdma-core's iwpmd, which answers
-# and can oops the kernel) and "late-reply-live" are opt-in: run them last (an
-# oops poisons the rest of the boot).
+# connections afterwards are mapped normally. Groups "late-reply" and
+# "late-reply-live" (ours) are in the default list, last; "late-reply-ref"
+# (rdma-core's iwpmd, which answers and can oops the kernel) is opt-in: run it
+# last (an oops poisons the rest of the boot).
 quirk_late_reply() {
   local g=$1 kind=$2 mode=${3:-} d=$R/$1 ok=1 why="" spid="" cpid=""
   mkdir -p "$d"

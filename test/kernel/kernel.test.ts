@@ -22,7 +22,7 @@ import { beforeAll, describe, expect, it, type TestContext } from 'vitest';
 const PROJECT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const RESULTS = process.env.IWPMD_KT_RESULTS ?? join(PROJECT, 'test-results/kernel');
 const REUSE = process.env.IWPMD_KT_REUSE === '1';
-const GROUPS = (process.env.IWPMD_KT_SCENARIOS ?? 'nodaemon ref ours compare quirks late-reply').split(/[\s,]+/).filter(Boolean);
+const GROUPS = (process.env.IWPMD_KT_SCENARIOS ?? 'nodaemon ref ours compare quirks late-reply late-reply-live').split(/[\s,]+/).filter(Boolean);
 const CMTIME_RUNS = Number(process.env.IWPMD_KT_CMTIME_RUNS ?? 4);
 /** Set-up may download ~720 MB of kernel packages on a fresh machine. */
 const RUN_TIMEOUT_MS = 40 * 60_000;
@@ -244,6 +244,19 @@ describe('real kernel: Debian 6.1 + soft-iWARP under qemu', () => {
     expect(after).toContain('add_mapping: Local sockaddr: IPV4 192.0.2.1: 7522');
     expect(after).toContain('query_mapping: Remote sockaddr: IPV4 192.0.2.1: 7522');
     expect(after).not.toMatch(/Timeout|BUG:|Oops/);
+  });
+
+  it('late-reply-live: SIGCONT with no REMOVE behind the timed-out requests: the stall detection alone drops them, no oops', (ctx) => {
+    verdict(ctx, 'late-reply-live.late-reply', 'late-reply-live');
+    const k = rd('late-reply-live/dmesg-late-all.txt');
+    expect(count(k, /iwpm_wait_complete_req: Timeout 10 sec for netlink request/)).toBeGreaterThanOrEqual(2);
+    expect(k).not.toMatch(/BUG:|Oops|general protection|page fault|Incorrect local sockaddr/);
+    expect(rd('late-reply-live/late-replies.txt').trim()).toBe('');
+    const st = JSON.parse(rd('late-reply-live/stats-late.json'));
+    expect(st.daemon.lateDropped).toBeGreaterThanOrEqual(2);
+    expect(rd('late-reply-live/daemon-late.log')).toMatch(/stood still for \d+ ms/);
+    expect(pings('late-reply-live/rping-late-after-client.txt')).toBe(3);
+    expect(rd('late-reply-live/dmesg-late-after.txt')).not.toMatch(/Timeout|BUG:|Oops/);
   });
 
   it('compare: the same kernel-visible outcome with iwpmd and with ours', (ctx) => {
