@@ -805,13 +805,17 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   // Peer side callbacks (MappingLookup, PeerEvents)
 
   findListener(addr: SockAddr): ListenerView | undefined {
-    const m = this.table.findFuzzy(addr, 'local');
-    return m && m.state !== 'pending' && m.state !== 'failed' ? view(m) : undefined;
+    return this.settledView(addr, 'local');
   }
 
   findByMapped(addr: SockAddr): ListenerView | undefined {
-    const m = this.table.findFuzzy(addr, 'mapped');
-    return m && m.state !== 'pending' && m.state !== 'failed' ? view(m) : undefined;
+    return this.settledView(addr, 'mapped');
+  }
+
+  /** Fuzzy lookup for the peer side; a mapping whose port is not settled is not a listener yet. */
+  private settledView(addr: SockAddr, against: 'local' | 'mapped'): ListenerView | undefined {
+    const m = this.table.findFuzzy(addr, against);
+    return m && m.state !== 'pending' && m.state !== 'failed' ? listenerView(m) : undefined;
   }
 
   queryDone(id: number, outcome: QueryOutcome): void {
@@ -976,7 +980,8 @@ export interface MappingInfo {
   ageMs: number;
 }
 
-function view(m: Mapping): ListenerView {
+/** What the peer side sees of a mapping (MappingLookup answers). */
+export function listenerView(m: Mapping): ListenerView {
   return {
     local: m.local,
     localRaw: m.localRaw,

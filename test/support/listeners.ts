@@ -4,18 +4,8 @@
  */
 import { type SockAddr, encodeSockaddr, isWildcard, parseIp } from '../../src/codec/sockaddr.js';
 import { type Mapping, MappingTable } from '../../src/core/mappings.js';
+import { listenerView as view } from '../../src/core/daemon.js';
 import type { ListenerView, MappingLookup } from '../../src/core/peer-api.js';
-
-function view(m: Mapping): ListenerView {
-  return {
-    local: m.local,
-    localRaw: m.localRaw,
-    mapped: m.mapped,
-    mappedRaw: m.mappedRaw,
-    wildcard: m.wildcard,
-    ownerClient: m.ownerClient,
-  };
-}
 
 export class TestListeners implements MappingLookup {
   readonly table = new MappingTable();
