@@ -17,6 +17,7 @@ import {
   OUT,
   RDMA_CORE_IWPMD,
   ROOT,
+  buildFloor,
   buildShim,
   controlQuery,
   ensureOut,
@@ -42,7 +43,9 @@ Options (each also readable from the environment as BENCH_<NAME>, e.g. BENCH_REP
   --quick               short smoke run (1 repetition, short intervals; < 1 min)
   --reps N              repetitions per workload and daemon (default 3; quick 1)
   --only LIST           comma list of workloads (churn,held,query64,query256)
-  --daemons LIST        comma list: ours,rdma-core (default both)
+  --daemons LIST        comma list: ours,rdma-core,floor (default ours,rdma-core). floor is
+                        bench/floor/iwpm-floor.c, a minimal single-threaded C responder
+                        (bench-only, not a port mapper): the machine's ceiling
   --warmup-ms MS        warm-up before each measured interval (default 1000; quick 500)
   --churn-ms MS         measured interval of churn (default 5000; quick 2000)
   --churn-window N      outstanding ADDs in churn and held (default 64)
@@ -116,7 +119,8 @@ const ALL = ['churn', 'held', 'query64', 'query256'];
 const only = (a.only ?? opt('only', ALL.join(','))).split(',').map((s) => s.trim()).filter(Boolean);
 for (const w of only) if (!ALL.includes(w)) throw new Error(`unknown workload ${w} (${ALL.join(', ')})`);
 const daemons = (a.daemons ?? opt('daemons', 'ours,rdma-core')).split(',').map((s) => s.trim()).filter(Boolean);
-for (const d of daemons) if (d !== 'ours' && d !== 'rdma-core') throw new Error(`unknown daemon ${d}`);
+const KINDS = ['ours', 'rdma-core', 'floor'];
+for (const d of daemons) if (!KINDS.includes(d)) throw new Error(`unknown daemon ${d} (${KINDS.join(', ')})`);
 
 const log = (s) => process.stderr.write(`${s}\n`);
 
@@ -168,6 +172,10 @@ function preflight() {
     } else {
       buildShim();
     }
+  }
+  if (daemons.includes('floor')) {
+    buildShim();
+    buildFloor();
   }
   // Raising the hard limit needs CAP_SYS_RESOURCE; without it, stay within the current one.
   const hard = Number(execFileSync('bash', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim());
@@ -444,6 +452,7 @@ function machine() {
 }
 
 function report(results, m, command) {
+  const DAEMON_LABEL = { ours: 'ours (iwpmd-ts)', 'rdma-core': `rdma-core ${m.rdmaCore}`, floor: 'floor (minimal C, bench-only)' };
   const lines = [];
   lines.push(`Run ${m.date} · ${m.nproc} CPUs (${m.cpu}) · Linux ${m.kernel} · Node ${m.node} · rdma-core ${m.rdmaCore} · ours at ${m.commit}`);
   lines.push(`Load average at start: ${m.loadavg} · ip_local_port_range ${m.portRange} · RLIMIT_NOFILE of the daemons ${S.nofile}`);
@@ -467,7 +476,7 @@ function report(results, m, command) {
       if (!per[d]) continue;
       const g = (agg[d] = aggregate(per[d]));
       const row = [
-        d === 'ours' ? 'ours (iwpmd-ts)' : `rdma-core ${m.rdmaCore}`,
+        DAEMON_LABEL[d] ?? d,
         g.runs > g.failed ? `${fmtRate(g.rate)} (${fmtRate(g.rateMin)}–${fmtRate(g.rateMax)})` : 'failed',
         fmtMs(g.p50),
         fmtMs(g.p99),
@@ -500,6 +509,17 @@ function report(results, m, command) {
         `Ratio ours / rdma-core: throughput ${fmtRatio(o.rate / r.rate)}; ` +
           `latency (rdma-core / ours) p50 ${fmtRatio(r.p50 / o.p50)}, p99 ${fmtRatio(r.p99 / o.p99)}, p99.9 ${fmtRatio(r.p999 / o.p999)}; ` +
           `daemon CPU per op (rdma-core / ours) ${fmtRatio(r.usPerOp / o.usPerOp)}`,
+      );
+    }
+    const oursRejectsAll = isQuery && agg.ours && agg.ours.accepted === 0 && agg.ours.rejectedTotal > 0;
+    if (agg.ours && agg.floor && !oursRejectsAll) {
+      const o = agg.ours;
+      const f = agg.floor;
+      lines.push('');
+      lines.push(
+        `Ours against the floor (a minimal single-threaded C responder, bench-only): throughput ours / floor ${fmtRatio(o.rate / f.rate)}; ` +
+          `latency (ours / floor) p50 ${fmtRatio(o.p50 / f.p50)}, p99 ${fmtRatio(o.p99 / f.p99)}; ` +
+          `daemon CPU per op (ours / floor) ${fmtRatio(o.usPerOp / f.usPerOp)}`,
       );
     }
     lines.push('');

@@ -1,6 +1,8 @@
-// Module entry point. Context-aware (NODE_API_MODULE), no mutable statics:
-// every piece of state lives in a socket instance (NetlinkSocket, UdpSocket), so
-// the addon loads in worker_threads and in several environments at once.
+// Module entry point. Context-aware (NODE_API_MODULE), no per-environment
+// statics: every piece of state lives in a socket instance (NetlinkSocket,
+// UdpSocket), so the addon loads in worker_threads and in several environments at
+// once. The one process-wide exception is the port pool (ports.cc): mutex-guarded,
+// never freed, shared by all environments, and it never calls into JS.
 #include <cstring>
 #include <string>
 

@@ -16,6 +16,8 @@ export const OUT = join(ROOT, 'bench/out');
 export const RDMA_CORE_IWPMD = process.env.IWPMD_BENCH_RDMA_CORE ?? '/usr/sbin/iwpmd';
 const SHIM_SRC = join(ROOT, 'test/ref/nlredirect.c');
 export const SHIM_SO = join(OUT, 'nlredirect.so');
+const FLOOR_SRC = join(ROOT, 'bench/floor/iwpm-floor.c');
+export const FLOOR_BIN = join(OUT, 'iwpm-floor');
 
 const children = new Set();
 
@@ -66,6 +68,15 @@ export function buildShim() {
   });
   if (r.status !== 0) throw new Error(`building the shim failed: ${r.error?.message ?? r.stderr}`);
   return SHIM_SO;
+}
+
+/** Build the bench-only floor (bench/floor/iwpm-floor.c) into bench/out/ when missing or older than its source. */
+export function buildFloor() {
+  ensureOut();
+  if (existsSync(FLOOR_BIN) && statSync(FLOOR_BIN).mtimeMs >= statSync(FLOOR_SRC).mtimeMs) return FLOOR_BIN;
+  const r = spawnSync('gcc', ['-O2', '-std=c11', '-Wall', '-o', FLOOR_BIN, FLOOR_SRC], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`building the floor failed: ${r.error?.message ?? r.stderr}`);
+  return FLOOR_BIN;
 }
 
 export function rdmaCoreVersion() {
@@ -173,7 +184,10 @@ export function writeConfig() {
 }
 
 /**
- * @param {'ours'|'rdma-core'} which
+ * rdma-core's iwpmd and the floor run the same way: under the LD_PRELOAD shim, which
+ * points their NETLINK_RDMA socket at the bench kernel and UDP port 3935 at `udpPort`.
+ *
+ * @param {'ours'|'rdma-core'|'floor'} which
  * @param {{ kernelPort: number, group: number, udpPort: number, nofile: number, config: string, tag: string, profileDir?: string }} o
  */
 export function startDaemon(which, o) {
@@ -215,6 +229,7 @@ export function startDaemon(which, o) {
     IWPMD_SHIM_CONFIG: o.config,
   };
   delete env.NOTIFY_SOCKET;
+  if (which === 'floor') return new DaemonProc('floor', wrap(o.nofile, [FLOOR_BIN, '-s']), env, logPath);
   return new DaemonProc('rdma-core', wrap(o.nofile, [RDMA_CORE_IWPMD, '-s']), env, logPath);
 }
 

@@ -185,8 +185,13 @@ export function classifyPeerDatagram(b: Uint8Array): number {
  * every field echoed except the type, `reserved` (0) and, when given, apport/apipaddr;
  * bytes 4-15 of IPv4 address fields zeroed.
  */
-export function replyFromRaw(received: Uint8Array, type: PeerReply['type'], ap?: { ip: Buffer; port: number }): Buffer {
-  const out = Buffer.allocUnsafe(PM_MESSAGE_SIZE);
+export function replyFromRaw(
+  received: Uint8Array,
+  type: PeerReply['type'],
+  ap?: { ip: Buffer; port: number },
+  /** Where to write the 48 bytes (default: a new pooled buffer). */
+  out: Buffer = Buffer.allocUnsafe(PM_MESSAGE_SIZE),
+): Buffer {
   out.set(received.subarray(0, PM_MESSAGE_SIZE));
   const ipv = received[0]! & IPVER_MASK;
   out[0] = (PM_PROTOCOL_VERSION << VER_SHIFT) | (type << MT_SHIFT) | ipv;

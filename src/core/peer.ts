@@ -29,9 +29,11 @@
  * is capped and REQs are rate limited per peer IP; REMOTE_INFO goes to the kernel before
  * the ACC leaves, so the kernel knows the peer before its connection can arrive.
  */
+import { allocRetained, retainCopy } from '../codec/retain.js';
 import { AF_INET, AF_INET6, type SockAddr, formatIp } from '../codec/sockaddr.js';
 import {
   IWARP_PM_PORT,
+  PM_MESSAGE_SIZE,
   PM_MSG_ACC,
   PM_MSG_ACK,
   PM_MSG_REJ,
@@ -306,7 +308,7 @@ interface QueryConv extends Timed {
   local: SockAddr;
   remote: SockAddr;
   dest: PeerEndpoint;
-  /** The REQ as sent (released when the query is answered). */
+  /** The REQ as sent (retransmitted until an answer). */
   req: Buffer;
   startedAtMs: number;
   /** Sent more than once: its answer says nothing about the round trip (Karn). */
@@ -314,14 +316,53 @@ interface QueryConv extends Timed {
   giveUpAtMs: number;
   nextSendAtMs: number;
   intervalMs: number;
-  /** After the ACC the conversation stays on as the ACK tracker until then. */
-  trackerUntilMs: number;
-  /** A duplicate ACC extended trackerUntilMs since it was queued. */
-  trackerRefreshed: boolean;
 }
 
-/** What re-ACKs a duplicate ACC: the finished query itself. */
-type AckTracker = QueryConv;
+/**
+ * What re-ACKs a duplicate ACC after the query finished: the handle and the connecting
+ * address the ACC must name, as plain numbers. The query itself (its addresses, its
+ * buffers) is released at the ACC, so a tracker pins no memory for its seconds of life.
+ */
+interface AckTracker {
+  hi: number;
+  lo: number;
+  key: number;
+  family: number;
+  port: number;
+  /** The local IP as big-endian 32-bit words (IPv4: ip0 only). */
+  ip0: number;
+  ip1: number;
+  ip2: number;
+  ip3: number;
+  untilMs: number;
+  /** A duplicate ACC extended untilMs since it was queued. */
+  refreshed: boolean;
+}
+
+function newTracker(q: QueryConv, untilMs: number): AckTracker {
+  const ip = q.local.ip;
+  const v6 = ip.length === 16;
+  return {
+    hi: q.hi,
+    lo: q.lo,
+    key: q.key,
+    family: q.local.family,
+    port: q.local.port,
+    ip0: ip.readInt32BE(0),
+    ip1: v6 ? ip.readInt32BE(4) : 0,
+    ip2: v6 ? ip.readInt32BE(8) : 0,
+    ip3: v6 ? ip.readInt32BE(12) : 0,
+    untilMs,
+    refreshed: false,
+  };
+}
+
+/** matchesLocal for a tracker. */
+function trackerMatches(t: AckTracker, b: Buffer, ipVersion: number): boolean {
+  if (familyOf(ipVersion) !== t.family || b.readUInt16BE(OFF_CPPORT) !== t.port) return false;
+  if (b.readInt32BE(OFF_CPIP) !== t.ip0) return false;
+  return ipVersion === 4 || (b.readInt32BE(OFF_CPIP + 4) === t.ip1 && b.readInt32BE(OFF_CPIP + 8) === t.ip2 && b.readInt32BE(OFF_CPIP + 12) === t.ip3);
+}
 
 interface PeerBucket {
   tokens: number;
@@ -462,13 +503,20 @@ class Fifo<T> {
   }
 }
 
-/** Recently used handles (by table key): a set plus a ring of (key, until) in time order. */
-class Quarantine {
-  private readonly set = new Set<number>();
+/**
+ * Recently used handles (by table key): a ring of (key, until) in time order plus an
+ * open-addressing hash index into it, all typed arrays. Tens of thousands of handles
+ * per second pass through here for 12 s each; a JS Set of that size costs rehashing and
+ * old-generation GC work, this costs neither.
+ */
+export class Quarantine {
   private readonly handles: Int32Array;
   private readonly until: Float64Array;
   private head = 0;
   private count = 0;
+  /** Hash slots: ring index + 1, 0 = empty. Linear probing, grown by doubling (at most half full). */
+  private slots = new Int32Array(1024);
+  private mask = 1023;
 
   constructor(private readonly capacity: number) {
     this.handles = new Int32Array(capacity);
@@ -480,17 +528,18 @@ class Quarantine {
   }
 
   has(h: number): boolean {
-    return this.set.has(h);
+    return this.find(h) >= 0;
   }
 
   add(h: number, untilMs: number): void {
-    if (this.capacity === 0 || this.set.has(h)) return;
+    if (this.capacity === 0 || this.find(h) >= 0) return;
     if (this.count === this.capacity) this.dropOldest();
     const i = (this.head + this.count) % this.capacity;
     this.handles[i] = h;
     this.until[i] = untilMs;
     this.count++;
-    this.set.add(h);
+    if (this.count * 2 > this.slots.length) this.rehash(this.slots.length * 2);
+    else this.place(i);
   }
 
   expire(now: number): void {
@@ -503,15 +552,62 @@ class Quarantine {
   }
 
   clear(): void {
-    this.set.clear();
+    this.slots = new Int32Array(1024);
+    this.mask = 1023;
     this.head = 0;
     this.count = 0;
   }
 
+  private static hash(h: number): number {
+    return Math.imul(h, 0x9e3779b1) ^ (h >>> 15);
+  }
+
+  /** Slot holding h, or -1. */
+  private find(h: number): number {
+    const slots = this.slots;
+    const mask = this.mask;
+    for (let s = Quarantine.hash(h) & mask; ; s = (s + 1) & mask) {
+      const v = slots[s]!;
+      if (v === 0) return -1;
+      if (this.handles[v - 1] === h) return s;
+    }
+  }
+
+  private place(ringIndex: number): void {
+    const slots = this.slots;
+    const mask = this.mask;
+    let s = Quarantine.hash(this.handles[ringIndex]!) & mask;
+    while (slots[s] !== 0) s = (s + 1) & mask;
+    slots[s] = ringIndex + 1;
+  }
+
+  private rehash(size: number): void {
+    this.slots = new Int32Array(size);
+    this.mask = size - 1;
+    for (let k = 0; k < this.count; k++) this.place((this.head + k) % this.capacity);
+  }
+
   private dropOldest(): void {
-    this.set.delete(this.handles[this.head]!);
+    const s = this.find(this.handles[this.head]!);
+    if (s >= 0) this.unslot(s);
     this.head = (this.head + 1) % this.capacity;
     this.count--;
+  }
+
+  /** Backward-shift deletion: no tombstones, probe chains stay short. */
+  private unslot(hole: number): void {
+    const slots = this.slots;
+    const mask = this.mask;
+    slots[hole] = 0;
+    for (let s = (hole + 1) & mask; slots[s] !== 0; s = (s + 1) & mask) {
+      const home = Quarantine.hash(this.handles[slots[s]! - 1]!) & mask;
+      // move it into the hole when its home is not in (hole, s] (cyclically)
+      if ((s > hole && (home <= hole || home > s)) || (s < hole && home <= hole && home > s)) {
+        slots[hole] = slots[s]!;
+        slots[s] = 0;
+        hole = s;
+      }
+    }
   }
 }
 
@@ -575,13 +671,9 @@ function matchesLocal(local: SockAddr, b: Buffer, ipVersion: number): boolean {
 }
 
 function copyIp(b: Buffer, off: number, ipVersion: number): Buffer {
-  const n = ipLen(ipVersion);
-  const out = Buffer.allocUnsafe(n);
-  for (let i = 0; i < n; i++) out[i] = b[off + i]!;
-  return out;
+  // may be kept with a conversation (the wildcard listener's IP): not from Node's pool
+  return retainCopy(b, off, ipLen(ipVersion));
 }
-
-const EMPTY = Buffer.alloc(0);
 
 /** Two random 32-bit values (Web Crypto when present; only used to key hash tables). */
 function randomSeed(): Uint32Array {
@@ -716,8 +808,6 @@ export class PeerEngine implements PeerPort {
       giveUpAtMs: now + this.timing.queryGiveUpMs,
       nextSendAtMs: now + rto,
       intervalMs: rto,
-      trackerUntilMs: 0,
-      trackerRefreshed: false,
       dueAtMs: 0,
       heapPos: -1,
     };
@@ -875,7 +965,7 @@ export class PeerEngine implements PeerPort {
       return;
     }
 
-    const acc = replyFromRaw(b, PM_MSG_ACC, { ip: wireIp, port: wirePort });
+    const acc = replyFromRaw(b, PM_MSG_ACC, { ip: wireIp, port: wirePort }, allocRetained(PM_MESSAGE_SIZE));
     const conv: AcceptConv = {
       kind: 'accept',
       hi,
@@ -991,22 +1081,20 @@ export class PeerEngine implements PeerPort {
         flowinfo: q.remote.flowinfo,
         scopeId: q.remote.scopeId,
       };
-      // the query stays on as the ACK tracker
-      q.req = EMPTY;
-      q.trackerUntilMs = now + this.timing.ackTrackerMs;
-      this.ackTrackers.set(key, q);
-      this.trackerQueue.push(q);
+      const t = newTracker(q, now + this.timing.ackTrackerMs);
+      this.ackTrackers.set(key, t);
+      this.trackerQueue.push(t);
       if (this.ackTrackers.size > this.limits.maxAckTrackers) this.expireTrackers(now, true);
       this.deps.events.queryDone(q.id, { kind: 'accepted', mappedRemote });
       this.sendCounted(src, replyFromRaw(b, PM_MSG_ACK), via, 'txAck');
       return;
     }
     const t = this.ackTrackers.get(key);
-    if (t && t.lo === lo && t.hi === hi && matchesLocal(t.local, b, ipVersion)) {
+    if (t && t.lo === lo && t.hi === hi && trackerMatches(t, b, ipVersion)) {
       // Our ACK got lost and the peer retransmitted its ACC: ACK again.
       this.counters.accDuplicate++;
-      t.trackerUntilMs = this.deps.now() + this.timing.ackTrackerMs;
-      t.trackerRefreshed = true;
+      t.untilMs = this.deps.now() + this.timing.ackTrackerMs;
+      t.refreshed = true;
       this.sendCounted(src, replyFromRaw(b, PM_MSG_ACK), via, 'txAck');
       return;
     }
@@ -1047,14 +1135,14 @@ export class PeerEngine implements PeerPort {
         queue.shift();
         continue;
       }
-      if (t.trackerRefreshed) {
+      if (t.refreshed) {
         // extended by a duplicate ACC since it was queued: to the back, in time order again
-        t.trackerRefreshed = false;
+        t.refreshed = false;
         queue.shift();
         queue.push(t);
         continue;
       }
-      if (!one && t.trackerUntilMs > now) return;
+      if (!one && t.untilMs > now) return;
       queue.shift();
       this.ackTrackers.delete(t.key);
       this.quarantine.add(t.key, now + this.timing.handleQuarantineMs);

@@ -19,6 +19,8 @@ export const MAX_PROBES = 16;
 export interface PortBinder {
   reservePorts(families: Uint8Array, ports: Uint16Array): ReserveResult;
   closeFds(fds: Int32Array): number;
+  /** Close off the calling thread (the addon's port pool); release() prefers it when present. */
+  releaseFds?(fds: Int32Array): number;
 }
 
 export interface PortRange {
@@ -136,11 +138,21 @@ export class PortReserver {
     });
   }
 
-  /** Close reservation sockets (batched). */
+  /**
+   * Close reservation sockets (batched). With releaseFds the close happens on the
+   * addon's background thread: the port is free microseconds later, not on return.
+   * Nothing here depends on that: our own bookkeeping frees the port now, and a
+   * reserve() that probes it before the kernel has let go just gets EADDRINUSE
+   * and moves on to the next candidate. (reopen() has no next candidate, but it
+   * re-binds ports of a MAPINFO replay, which come from an earlier daemon, not
+   * ports this one has just released.)
+   */
   release(items: readonly { fd: number; port: number }[]): void {
     const fds = items.filter((x) => x.fd >= 0);
     if (fds.length === 0) return;
-    this.binder.closeFds(Int32Array.from(fds.map((x) => x.fd)));
+    const list = Int32Array.from(fds.map((x) => x.fd));
+    if (this.binder.releaseFds) this.binder.releaseFds(list);
+    else this.binder.closeFds(list);
     for (const x of fds) this.unhold(x.port);
   }
 

@@ -26,6 +26,14 @@ export const TICK_MS = 100;
 export const PREGROW_FDS = 131072;
 /** Datagrams drained per netlink wakeup. */
 export const NL_RECV_BATCH = 64;
+/** Spare unbound sockets per family the addon's port pool keeps (socket() off the main thread). */
+export const PORT_POOL_SPARES = 64;
+/**
+ * Least RLIMIT_NOFILE soft limit with which the port pool is on. Its spares hold up to
+ * 2 * PORT_POOL_SPARES fds; under a tight limit (prlimit --nofile=40:40) the daemon
+ * runs without it, exactly as before (synchronous socket() and close()).
+ */
+export const PORT_POOL_MIN_NOFILE = 4096;
 
 export interface ServiceOptions {
   config: DaemonConfig;
@@ -72,6 +80,13 @@ export class Service {
     const lim = this.native.raiseNofileLimit();
     const grown = this.native.pregrowFdTable(Math.min(PREGROW_FDS, lim.soft));
     log.debug(`RLIMIT_NOFILE ${lim.soft}/${lim.hard}; fd table grown to ${grown}`);
+    const poolOn = lim.soft === -1 || lim.soft >= PORT_POOL_MIN_NOFILE;
+    this.native.configurePortPool({ spares: poolOn ? PORT_POOL_SPARES : 0 });
+    log.info(
+      poolOn
+        ? `port pool on: ${PORT_POOL_SPARES} spare sockets per family, closes on a background thread`
+        : `port pool off (RLIMIT_NOFILE ${lim.soft} < ${PORT_POOL_MIN_NOFILE}): socket() and close() on the main thread`,
+    );
 
     if (!usersock && inInitialNetns() === false) {
       throw new StartupError(
@@ -232,6 +247,7 @@ export class Service {
       daemon: this.daemon.counters,
       netlink: this.nl?.stats(),
       ports: this.ports.stats,
+      portPool: this.native.portPoolStats(),
       peer: this.peer?.stats(),
     };
   }

@@ -1,6 +1,6 @@
 /**
  * In-memory stand-in for the port-binding part of the addon (reservePorts /
- * closeFds), for pure unit tests of core/. It models what matters to the
+ * closeFds / releaseFds), for pure unit tests of core/. It models what matters to the
  * reservation policy: a port held by anyone (any family: no IPV6_V6ONLY, so an
  * IPv6 reservation also blocks IPv4 and vice versa) cannot be bound again,
  * port 0 means "the kernel picks a free port from the ephemeral range", and
@@ -35,15 +35,17 @@ export interface FakePortBinderOptions {
   failWith?: (req: FakeBindRequest, callIndex: number) => number | undefined;
 }
 
-export class FakePortBinder implements Pick<Native, 'reservePorts' | 'closeFds'> {
+export class FakePortBinder implements Pick<Native, 'reservePorts' | 'closeFds' | 'releaseFds'> {
   /** fd -> what it holds. */
   readonly open = new Map<number, FakeBindRequest>();
   /** Ports held by other processes; tests may add/remove at will. */
   readonly busy: Set<number>;
   /** Every reservePorts call, as given. */
   readonly calls: FakeBindRequest[][] = [];
-  /** Every fd passed to closeFds (including unknown ones). */
+  /** Every fd passed to closeFds or releaseFds (including unknown ones). */
   readonly closed: number[] = [];
+  /** Every fd passed to releaseFds (negative ones skipped), in order. */
+  readonly released: number[] = [];
   private readonly ephemeral: { low: number; high: number };
   private readonly maxFds: number;
   private readonly failWith?: FakePortBinderOptions['failWith'];
@@ -117,6 +119,18 @@ export class FakePortBinder implements Pick<Native, 'reservePorts' | 'closeFds'>
       }
     }
     return EADDRINUSE;
+  }
+
+  /**
+   * The real one closes on a background thread; here the effect is immediate (the
+   * fake has no time), and the fds are recorded in both `closed` and `released`.
+   * Returns how many fds were taken, like the addon.
+   */
+  releaseFds(fds: Int32Array): number {
+    const taken = Array.from(fds).filter((fd) => fd >= 0);
+    this.released.push(...taken);
+    this.closeFds(Int32Array.from(taken));
+    return taken.length;
   }
 
   closeFds(fds: Int32Array): number {

@@ -290,6 +290,39 @@ export interface ReserveResult {
   errnos: Int32Array;
 }
 
+/** configurePortPool options. */
+export interface PortPoolOptions {
+  /**
+   * Spare (unbound) sockets kept per family, 0..4096. 0 turns the pool off: reservePorts
+   * makes every socket itself and releaseFds closes synchronously (exactly the old
+   * behaviour). Default 64.
+   */
+  spares: number;
+}
+
+/** Counters of the process-wide port pool (all environments share one pool). */
+export interface PortPoolStats {
+  /** Spare AF_INET / AF_INET6 sockets ready now. */
+  sparesV4: number;
+  sparesV6: number;
+  /** reservePorts items that took a spare (a socket put back after a failed bind counts when reused). */
+  spareHits: number;
+  /** reservePorts items that had to call socket() themselves while the pool was on. */
+  spareMisses: number;
+  /** Spare sockets the background thread made. */
+  created: number;
+  /** fds the background thread closed for releaseFds. */
+  asyncClosed: number;
+  /** fds queued by releaseFds and not closed yet. */
+  pendingClose: number;
+  /** socket() failures of the background thread (each pauses that family's refill for ~100 ms). */
+  refillErrors: number;
+  /** The configured spares per family. */
+  target: number;
+  /** pthread_create's errno if the background thread could not be started (the pool is then off for good), else 0. */
+  threadError: number;
+}
+
 export interface Native {
   NetlinkSocket: NetlinkSocketConstructor;
   UdpSocket: UdpSocketConstructor;
@@ -301,11 +334,40 @@ export interface Native {
    * families[i] is 2 (AF_INET) or 10 (AF_INET6); any other family fails that item with
    * EAFNOSUPPORT. Arrays of other types or different lengths throw TypeError.
    * One call, N syscalls pairs, no JS per item.
+   *
+   * With the port pool on (see configurePortPool), an item takes a spare socket of its
+   * family when one is ready (made the same way by a background thread) and only
+   * bind()s; a socket whose bind fails with EADDRINUSE/EACCES goes back to the spares
+   * (it is still unbound). Spares of a family are kept only once that family has been
+   * reserved. When socket() fails with EMFILE/ENFILE the pool gives back every fd it
+   * holds (spares, queued closes) and the item retries once: the pool never causes an
+   * EMFILE the pool-less code would not have. Results are the same either way.
    */
   reservePorts(families: Uint8Array, ports: Uint16Array): ReserveResult;
 
   /** Batched close(). Negative fds are skipped, unknown ones fail (EBADF) and are not counted. Returns how many closed without error. */
   closeFds(fds: Int32Array): number;
+
+  /**
+   * Batched close() off the calling thread: the fds are handed to the port pool's
+   * background thread, which closes them in order (within microseconds normally),
+   * so the port is free a little after this returns, not when it returns. The caller
+   * must not use the fds afterwards. With the pool off (spares 0) and nothing still
+   * queued, closes them synchronously instead. Negative fds are skipped. Returns how
+   * many fds were taken (not how many closed without error: that is not known yet).
+   * A non-Int32Array throws TypeError.
+   */
+  releaseFds(fds: Int32Array): number;
+
+  /**
+   * Configure the process-wide port pool (shared by every environment). Lowering
+   * `spares` closes the surplus spares at once. The background thread starts on first
+   * use. Bad options throw TypeError.
+   */
+  configurePortPool(options: PortPoolOptions): void;
+
+  /** Counters of the port pool. */
+  portPoolStats(): PortPoolStats;
 
   /** Raise RLIMIT_NOFILE soft limit to the hard limit. Returns the limits after the change (-1 = unlimited). */
   raiseNofileLimit(): { soft: number; hard: number };

@@ -125,10 +125,19 @@ export function portHolders(port: number): string {
   }
 }
 
-/** The daemon no longer holds `port`: a plain bind succeeds (names the holder if not). */
-export function expectReleased(port: number, family: 2 | 10 = 2): void {
-  const e = rawBind(port, family);
-  if (e !== 0) expect.fail(`port ${port} (family ${family}) is still in use (errno ${e}); holders:\n${portHolders(port)}`);
+/**
+ * The daemon no longer holds `port`: a plain bind succeeds (names the holder if not).
+ * The daemon closes released sockets on a background thread (the addon's port pool),
+ * so the port is free microseconds after the reply, not with it: poll up to ~1 s.
+ */
+export async function expectReleased(port: number, family: 2 | 10 = 2): Promise<void> {
+  const deadline = Date.now() + 1000;
+  let e = rawBind(port, family);
+  while (e !== 0 && Date.now() < deadline) {
+    await sleep(5);
+    e = rawBind(port, family);
+  }
+  if (e !== 0) expect.fail(`port ${port} (family ${family}) is still in use after 1 s (errno ${e}); holders:\n${portHolders(port)}`);
 }
 
 /** Hold `port` with a bound (not listening) socket, like the daemon does; returns the fd. */

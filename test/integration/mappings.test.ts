@@ -57,7 +57,7 @@ describe('ADD_MAPPING', () => {
     expect(sim.remove(`127.0.0.1:${P}`)).toBeDefined();
     await sim.barrier();
     expect(sim.received.slice(from).filter((e) => e.msg.op !== 'mapinfo_num'), 'REMOVE got an answer').toEqual([]);
-    expectReleased(M);
+    await expectReleased(M);
     expect(await tcpBind(M)).toBe('ok');
     // the address can be mapped again
     ok(await sim.add(`127.0.0.1:${P}`));
@@ -90,7 +90,7 @@ describe('ADD_MAPPING', () => {
     expect(rawBind(M), 'one REMOVE of two released the shared port').toBe(EADDRINUSE);
     sim.remove(local);
     await sim.barrier();
-    expectReleased(M);
+    await expectReleased(M);
     expectClean(sim);
   });
 
@@ -152,7 +152,7 @@ describe('ADD_MAPPING', () => {
     expectBytes(r2.reply.raw, X.rmanage(hOf(r2.reply), r2.seq, ll, withPortRaw(ll, r2.mapped.port)), 'RMANAGE (link-local, scope 7)');
     sim.remove(local);
     await sim.barrier();
-    expectReleased(M, 10);
+    await expectReleased(M, 10);
     expectClean(sim);
   });
 
@@ -191,7 +191,7 @@ describe('ADD_MAPPING', () => {
     expect(rawBind(r.mapped.port)).toBe(EADDRINUSE);
     sim.remove(`127.0.0.1:${P}`);
     await sim.barrier();
-    expectReleased(r.mapped.port);
+    await expectReleased(r.mapped.port);
   });
 
   it('many mappings hold distinct ports; removing them all frees them all', async () => {
@@ -203,7 +203,7 @@ describe('ADD_MAPPING', () => {
     for (const M of ports) expect(rawBind(M)).toBe(EADDRINUSE);
     for (const l of locals) sim.remove(l);
     await sim.barrier();
-    for (const M of ports) expectReleased(M);
+    for (const M of ports) await expectReleased(M);
     expectClean(sim);
   });
 });
@@ -233,7 +233,7 @@ describe('signals', () => {
     daemon.signal('SIGTERM');
     const e = await daemon.waitExit(5000);
     expect(e).toEqual({ code: 0, signal: null });
-    for (const r of [...rs, w]) expectReleased(r.mapped.port, r.mapped.family === 10 ? 10 : 2);
+    for (const r of [...rs, w]) await expectReleased(r.mapped.port, r.mapped.family === 10 ? 10 : 2);
   });
 
   it('SIGKILL (crash): the kernel side notices on the next ADD (ECONNREFUSED) and forgets the daemon', async () => {

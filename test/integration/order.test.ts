@@ -68,7 +68,7 @@ describe('arrival order', () => {
     expect((await b).kind).toBe('ok');
     if (r1.kind !== 'ok' || r2.kind !== 'ok' || r3.kind !== 'ok') return;
     expect(rawBind(r3.mapped.port)).toBe(EADDRINUSE);
-    for (const p of new Set([r1.mapped.port, r2.mapped.port])) if (p !== r3.mapped.port) expectReleased(p);
+    for (const p of new Set([r1.mapped.port, r2.mapped.port])) if (p !== r3.mapped.port) await expectReleased(p);
     expectClean(sim);
   });
 
@@ -82,7 +82,7 @@ describe('arrival order', () => {
     const ports = new Set(rs.map((r) => (r.kind === 'ok' ? r.mapped.port : -1)));
     expect([...ports]).toHaveLength(1);
     expect([...ports][0]).toBeGreaterThan(0);
-    expectReleased([...ports][0]!);
+    await expectReleased([...ports][0]!);
     expectClean(sim);
   });
 
@@ -117,7 +117,7 @@ describe('arrival order', () => {
     for (const l of locals) sim.remove(l);
     await sim.barrier(20_000);
     const t2 = performance.now();
-    for (const r of rs) if (r.kind === 'ok') expectReleased(r.mapped.port);
+    for (const r of rs) if (r.kind === 'ok') await expectReleased(r.mapped.port);
     console.log(`1000 ADDs: ${(t1 - t0).toFixed(0)} ms, 1000 REMOVEs: ${(t2 - t1).toFixed(0)} ms`);
     expectClean(sim);
   }, 60_000);

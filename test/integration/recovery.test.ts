@@ -104,7 +104,7 @@ describe.each<[DoneTiming]>([['after-handler'], ['before-handler']])('restart re
 
     // Our hold gone, the daemon does not have that port (it failed to re-bind it).
     releaseFds(...heldFds.splice(0));
-    expectReleased(mv);
+    await expectReleased(mv);
 
     // Recovered mappings behave like live ones: an ADD of the same specific address is a
     // duplicate, REMOVE releases, and the wildcard's two references were rebuilt.
@@ -112,13 +112,13 @@ describe.each<[DoneTiming]>([['after-handler'], ['before-handler']])('restart re
     const m0 = ports.get(specific[0]!.toString('hex'))!;
     sim.remove(specific[0]!);
     await sim.barrier();
-    expectReleased(m0);
+    await expectReleased(m0);
     sim.remove(wild);
     await sim.barrier();
     expect(rawBind(mw), 'wildcard released after one of its two REMOVEs (references not rebuilt from the replay)').toBe(EADDRINUSE);
     sim.remove(wild);
     await sim.barrier();
-    expectReleased(mw);
+    await expectReleased(mw);
     // A new ADD of the wildcard address shares nothing stale.
     okPort(await sim.add(wild), 'wildcard after release');
     expectClean(sim);

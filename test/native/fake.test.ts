@@ -12,7 +12,7 @@ const EADDRINUSE = 98;
 const EAFNOSUPPORT = 97;
 const EMFILE = 24;
 
-type Binder = Pick<typeof native, 'reservePorts' | 'closeFds'>;
+type Binder = Pick<typeof native, 'reservePorts' | 'closeFds' | 'releaseFds'>;
 
 const realFds: number[] = [];
 afterEach(() => {
@@ -50,6 +50,23 @@ for (const [name, make] of binders) {
       const again = reserve(b, [AF_INET], [r.ports[0]!]);
       expect(again.errnos[0]).toBe(0);
       expect(again.ports[0]).toBe(r.ports[0]);
+    });
+
+    it('releaseFds releases (the addon within microseconds): the same port can be reserved again', async () => {
+      const b = make();
+      const r = reserve(b, [AF_INET, AF_INET6], [0, 0]);
+      expect(b.releaseFds(Int32Array.from([r.fds[0]!, -1, r.fds[1]!]))).toBe(2);
+      realFds.length = 0;
+      const deadline = Date.now() + 1000;
+      let again = reserve(b, [AF_INET, AF_INET6], [r.ports[0]!, r.ports[1]!]);
+      while (!again.errnos.every((e) => e === 0) && Date.now() < deadline) {
+        b.closeFds(again.fds.filter((fd) => fd >= 0));
+        realFds.length = 0;
+        await new Promise((res) => setTimeout(res, 2));
+        again = reserve(b, [AF_INET, AF_INET6], [r.ports[0]!, r.ports[1]!]);
+      }
+      expect(Array.from(again.errnos)).toEqual([0, 0]);
+      expect(Array.from(again.ports)).toEqual([r.ports[0], r.ports[1]]);
     });
 
     it('per-item errors: EAFNOSUPPORT for other families; mismatched lengths throw', () => {

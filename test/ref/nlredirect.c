@@ -27,6 +27,10 @@
  *   IWPMD_SHIM_SYSLOG_PASSTHROUGH=1  also call the real syslog.
  *   IWPMD_SHIM_DEBUG=1         log every redirected netlink datagram.
  *
+ * Redirected calls: socket, bind, close, sendto, send, sendmsg, sendmmsg,
+ * recvfrom, recv, recvmsg, recvmmsg, fopen, syslog (rdma-core's iwpmd uses
+ * sendto/recvfrom; sendmmsg/recvmmsg serve bench/floor/iwpm-floor.c).
+ *
  * Log line format (one write(2) per line):
  *   <unix seconds>.<microseconds> <source> <text>
  * where <source> is "syslog.<level>" (e.g. syslog.warning) or "shim".
@@ -66,6 +70,8 @@ typedef ssize_t (*send_fn)(int, const void *, size_t, int);
 typedef ssize_t (*sendmsg_fn)(int, const struct msghdr *, int);
 typedef ssize_t (*recvfrom_fn)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
 typedef ssize_t (*recvmsg_fn)(int, struct msghdr *, int);
+typedef int (*sendmmsg_fn)(int, struct mmsghdr *, unsigned int, int);
+typedef int (*recvmmsg_fn)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
 typedef FILE *(*fopen_fn)(const char *, const char *);
 typedef void (*vsyslog_fn)(int, const char *, va_list);
 typedef void (*vsyslog_chk_fn)(int, int, const char *, va_list);
@@ -78,6 +84,8 @@ static send_fn real_send;
 static sendmsg_fn real_sendmsg;
 static recvfrom_fn real_recvfrom;
 static recvmsg_fn real_recvmsg;
+static sendmmsg_fn real_sendmmsg;
+static recvmmsg_fn real_recvmmsg;
 static fopen_fn real_fopen;
 static vsyslog_fn real_vsyslog;
 static vsyslog_chk_fn real_vsyslog_chk;
@@ -184,6 +192,8 @@ __attribute__((constructor)) static void shim_init(void)
 	RESOLVE(real_sendmsg, "sendmsg");
 	RESOLVE(real_recvfrom, "recvfrom");
 	RESOLVE(real_recvmsg, "recvmsg");
+	RESOLVE(real_sendmmsg, "sendmmsg");
+	RESOLVE(real_recvmmsg, "recvmmsg");
 	RESOLVE(real_fopen, "fopen");
 	RESOLVE(real_vsyslog, "vsyslog");
 	RESOLVE(real_vsyslog_chk, "__vsyslog_chk");
@@ -280,8 +290,20 @@ static void set_inet_port(struct sockaddr *sa, int port)
  * Rewrite an outgoing destination into *out (a copy). Returns 1 when *out
  * should be used instead of the caller's address.
  */
+static int rewrite_dest_cached(int fd, const struct sockaddr *sa, socklen_t len, struct sockaddr_storage *out,
+			       const void *buf, size_t buflen, int *type_cache);
+
 static int rewrite_dest(int fd, const struct sockaddr *sa, socklen_t len, struct sockaddr_storage *out,
 			const void *buf, size_t buflen)
+{
+	int type = -2;
+
+	return rewrite_dest_cached(fd, sa, len, out, buf, buflen, &type);
+}
+
+/* *type_cache: the fd's SO_TYPE once looked up (-2: not yet), so a batch costs one getsockopt. */
+static int rewrite_dest_cached(int fd, const struct sockaddr *sa, socklen_t len, struct sockaddr_storage *out,
+			       const void *buf, size_t buflen, int *type_cache)
 {
 	if (!sa)
 		return 0;
@@ -302,7 +324,8 @@ static int rewrite_dest(int fd, const struct sockaddr *sa, socklen_t len, struct
 		}
 		return 0;
 	}
-	if (cfg_peer_udp_port > 0 && inet_port(sa, len) == IWPM_UDP_PORT && sock_type(fd) == SOCK_DGRAM) {
+	if (cfg_peer_udp_port > 0 && inet_port(sa, len) == IWPM_UDP_PORT &&
+	    (*type_cache == -2 ? (*type_cache = sock_type(fd)) : *type_cache) == SOCK_DGRAM) {
 		size_t n = len < sizeof(*out) ? len : sizeof(*out);
 		memset(out, 0, sizeof(*out));
 		memcpy(out, sa, n);
@@ -427,6 +450,78 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	return real_sendmsg(fd, msg, flags);
 }
 
+/*
+ * sendmmsg: each message's destination is rewritten like sendmsg's, into a
+ * per-thread array of copies (the caller's mmsghdr array is patched for the
+ * duration of the call and restored). One real sendmmsg per call.
+ */
+static __thread struct sockaddr_storage *mm_addrs;
+static __thread unsigned int mm_cap;
+
+int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
+{
+	void *saved_stack[64];
+	void **saved = saved_stack;
+	unsigned int i, changed = 0;
+	int ret, e, type = -2;
+
+	RESOLVE(real_sendmmsg, "sendmmsg");
+	if (!vec || vlen == 0 || (!is_tracked(fd) && cfg_peer_udp_port <= 0))
+		return real_sendmmsg(fd, vec, vlen, flags);
+	if (vlen > mm_cap) {
+		struct sockaddr_storage *n = realloc(mm_addrs, vlen * sizeof(*n));
+		if (!n) {
+			errno = ENOMEM;
+			return -1;
+		}
+		mm_addrs = n;
+		mm_cap = vlen;
+	}
+	if (vlen > 64) {
+		saved = malloc(vlen * sizeof(*saved));
+		if (!saved) {
+			errno = ENOMEM;
+			return -1;
+		}
+	}
+	for (i = 0; i < vlen; i++) {
+		struct msghdr *m = &vec[i].msg_hdr;
+		saved[i] = m->msg_name;
+		if (m->msg_name) {
+			const void *first = m->msg_iovlen ? m->msg_iov[0].iov_base : NULL;
+			size_t firstlen = m->msg_iovlen ? m->msg_iov[0].iov_len : 0;
+			if (rewrite_dest_cached(fd, m->msg_name, m->msg_namelen, &mm_addrs[i], first, firstlen, &type)) {
+				m->msg_name = &mm_addrs[i];
+				changed = 1;
+			}
+		} else if (is_tracked(fd) && cfg_kernel_port > 0) {
+			struct sockaddr_nl *k = (struct sockaddr_nl *)&mm_addrs[i];
+			memset(k, 0, sizeof(*k));
+			k->nl_family = AF_NETLINK;
+			k->nl_pid = (uint32_t)cfg_kernel_port;
+			m->msg_name = k;
+			m->msg_namelen = sizeof(*k);
+			changed = 1;
+		}
+	}
+	ret = real_sendmmsg(fd, vec, vlen, flags);
+	e = errno;
+	if (changed) {
+		for (i = 0; i < vlen; i++) {
+			struct msghdr *m = &vec[i].msg_hdr;
+			if (m->msg_name != saved[i]) {
+				if (!saved[i])
+					m->msg_namelen = 0;
+				m->msg_name = saved[i];
+			}
+		}
+	}
+	if (saved != saved_stack)
+		free(saved);
+	errno = e;
+	return ret;
+}
+
 /* ---- receive -------------------------------------------------------------- */
 
 ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *sa, socklen_t *len)
@@ -470,6 +565,25 @@ ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 		int e = errno;
 		rewrite_src(fd, msg->msg_name, msg->msg_namelen,
 			    msg->msg_iovlen ? msg->msg_iov[0].iov_base : NULL, got);
+		errno = e;
+	}
+	return got;
+}
+
+int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct timespec *timeout)
+{
+	int got, i;
+
+	RESOLVE(real_recvmmsg, "recvmmsg");
+	got = real_recvmmsg(fd, vec, vlen, flags, timeout);
+	if (got > 0) {
+		int e = errno;
+		for (i = 0; i < got; i++) {
+			struct msghdr *m = &vec[i].msg_hdr;
+			if (m->msg_name)
+				rewrite_src(fd, m->msg_name, m->msg_namelen,
+					    m->msg_iovlen ? m->msg_iov[0].iov_base : NULL, (ssize_t)vec[i].msg_len);
+		}
 		errno = e;
 	}
 	return got;

@@ -182,11 +182,27 @@ describe('reopen (MAPINFO recovery) and release', () => {
     const [a, c] = r.reserve([2, 2]);
     r.release([a!, { fd: -1, port: 12345 }, c!]);
     expect(b.closed).toEqual([a!.fd, c!.fd]);
+    expect(b.released).toEqual([a!.fd, c!.fd]); // through releaseFds: the binder has it
     expect(b.open.size).toBe(0);
     expect(r.stats.held).toBe(0);
     r.release([{ fd: -1, port: 1 }]);
     expect(b.closed).toHaveLength(2); // nothing to close: no call
     expect(r.reserve([2, 2]).map((o) => o.port).sort()).toEqual([40000, 40001]);
+  });
+
+  it('release falls back to closeFds for a binder without releaseFds', () => {
+    const fake = new FakePortBinder();
+    const calls: string[] = [];
+    const binder = {
+      reservePorts: (f: Uint8Array, p: Uint16Array) => fake.reservePorts(f, p),
+      closeFds: (fds: Int32Array) => (calls.push(`close ${Array.from(fds)}`), fake.closeFds(fds)),
+    };
+    const r = new PortReserver(binder, { range: { low: 40000, high: 40001 } });
+    const [a] = r.reserve([2]);
+    r.release([a!]);
+    expect(calls).toEqual([`close ${a!.fd}`]);
+    expect(fake.released).toEqual([]);
+    expect(r.stats.held).toBe(0);
   });
 });
 
