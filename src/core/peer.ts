@@ -46,6 +46,7 @@ import {
   replyFromRaw,
 } from '../codec/wire.js';
 import { LogLimiter, type Logger, nullLogger } from './log.js';
+import { AckTrackers, Lingering, Quarantine } from './peer-tables.js';
 import type { MappingLookup, PeerEvents, PeerPort, QueryOutcome, QueryStart } from './peer-api.js';
 
 /** The kernel waits this long for any answer (IWPM_NL_TIMEOUT). */
@@ -318,52 +319,6 @@ interface QueryConv extends Timed {
   intervalMs: number;
 }
 
-/**
- * What re-ACKs a duplicate ACC after the query finished: the handle and the connecting
- * address the ACC must name, as plain numbers. The query itself (its addresses, its
- * buffers) is released at the ACC, so a tracker pins no memory for its seconds of life.
- */
-interface AckTracker {
-  hi: number;
-  lo: number;
-  key: number;
-  family: number;
-  port: number;
-  /** The local IP as big-endian 32-bit words (IPv4: ip0 only). */
-  ip0: number;
-  ip1: number;
-  ip2: number;
-  ip3: number;
-  untilMs: number;
-  /** A duplicate ACC extended untilMs since it was queued. */
-  refreshed: boolean;
-}
-
-function newTracker(q: QueryConv, untilMs: number): AckTracker {
-  const ip = q.local.ip;
-  const v6 = ip.length === 16;
-  return {
-    hi: q.hi,
-    lo: q.lo,
-    key: q.key,
-    family: q.local.family,
-    port: q.local.port,
-    ip0: ip.readInt32BE(0),
-    ip1: v6 ? ip.readInt32BE(4) : 0,
-    ip2: v6 ? ip.readInt32BE(8) : 0,
-    ip3: v6 ? ip.readInt32BE(12) : 0,
-    untilMs,
-    refreshed: false,
-  };
-}
-
-/** matchesLocal for a tracker. */
-function trackerMatches(t: AckTracker, b: Buffer, ipVersion: number): boolean {
-  if (familyOf(ipVersion) !== t.family || b.readUInt16BE(OFF_CPPORT) !== t.port) return false;
-  if (b.readInt32BE(OFF_CPIP) !== t.ip0) return false;
-  return ipVersion === 4 || (b.readInt32BE(OFF_CPIP + 4) === t.ip1 && b.readInt32BE(OFF_CPIP + 8) === t.ip2 && b.readInt32BE(OFF_CPIP + 12) === t.ip3);
-}
-
 interface PeerBucket {
   tokens: number;
   lastMs: number;
@@ -384,12 +339,10 @@ interface AcceptConv extends Timed {
   src: PeerEndpoint;
   via: number | undefined;
   acc: Buffer;
-  state: 'accepting' | 'lingering';
   bucket: PeerBucket;
   giveUpAtMs: number;
   nextSendAtMs: number;
   intervalMs: number;
-  lingerUntilMs: number;
 }
 
 type Conv = QueryConv | AcceptConv;
@@ -466,148 +419,6 @@ class DeadlineHeap {
     }
     a[i] = c;
     c.heapPos = i;
-  }
-}
-
-/** FIFO queue with O(1) push/shift (amortised). */
-class Fifo<T> {
-  private items: (T | undefined)[] = [];
-  private head = 0;
-
-  get size(): number {
-    return this.items.length - this.head;
-  }
-
-  push(v: T): void {
-    this.items.push(v);
-  }
-
-  peek(): T | undefined {
-    return this.head < this.items.length ? this.items[this.head] : undefined;
-  }
-
-  shift(): T | undefined {
-    if (this.head >= this.items.length) return undefined;
-    const v = this.items[this.head];
-    this.items[this.head++] = undefined;
-    if (this.head > 1024 && this.head * 2 > this.items.length) {
-      this.items = this.items.slice(this.head);
-      this.head = 0;
-    }
-    return v;
-  }
-
-  clear(): void {
-    this.items = [];
-    this.head = 0;
-  }
-}
-
-/**
- * Recently used handles (by table key): a ring of (key, until) in time order plus an
- * open-addressing hash index into it, all typed arrays. Tens of thousands of handles
- * per second pass through here for 12 s each; a JS Set of that size costs rehashing and
- * old-generation GC work, this costs neither.
- */
-export class Quarantine {
-  private readonly handles: Int32Array;
-  private readonly until: Float64Array;
-  private head = 0;
-  private count = 0;
-  /** Hash slots: ring index + 1, 0 = empty. Linear probing, grown by doubling (at most half full). */
-  private slots = new Int32Array(1024);
-  private mask = 1023;
-
-  constructor(private readonly capacity: number) {
-    this.handles = new Int32Array(capacity);
-    this.until = new Float64Array(capacity);
-  }
-
-  get size(): number {
-    return this.count;
-  }
-
-  has(h: number): boolean {
-    return this.find(h) >= 0;
-  }
-
-  add(h: number, untilMs: number): void {
-    if (this.capacity === 0 || this.find(h) >= 0) return;
-    if (this.count === this.capacity) this.dropOldest();
-    const i = (this.head + this.count) % this.capacity;
-    this.handles[i] = h;
-    this.until[i] = untilMs;
-    this.count++;
-    if (this.count * 2 > this.slots.length) this.rehash(this.slots.length * 2);
-    else this.place(i);
-  }
-
-  expire(now: number): void {
-    while (this.count > 0 && this.until[this.head]! <= now) this.dropOldest();
-  }
-
-  /** When the oldest entry expires (undefined when empty). */
-  nextExpiry(): number | undefined {
-    return this.count > 0 ? this.until[this.head] : undefined;
-  }
-
-  clear(): void {
-    this.slots = new Int32Array(1024);
-    this.mask = 1023;
-    this.head = 0;
-    this.count = 0;
-  }
-
-  private static hash(h: number): number {
-    return Math.imul(h, 0x9e3779b1) ^ (h >>> 15);
-  }
-
-  /** Slot holding h, or -1. */
-  private find(h: number): number {
-    const slots = this.slots;
-    const mask = this.mask;
-    for (let s = Quarantine.hash(h) & mask; ; s = (s + 1) & mask) {
-      const v = slots[s]!;
-      if (v === 0) return -1;
-      if (this.handles[v - 1] === h) return s;
-    }
-  }
-
-  private place(ringIndex: number): void {
-    const slots = this.slots;
-    const mask = this.mask;
-    let s = Quarantine.hash(this.handles[ringIndex]!) & mask;
-    while (slots[s] !== 0) s = (s + 1) & mask;
-    slots[s] = ringIndex + 1;
-  }
-
-  private rehash(size: number): void {
-    this.slots = new Int32Array(size);
-    this.mask = size - 1;
-    for (let k = 0; k < this.count; k++) this.place((this.head + k) % this.capacity);
-  }
-
-  private dropOldest(): void {
-    const s = this.find(this.handles[this.head]!);
-    if (s >= 0) this.unslot(s);
-    this.head = (this.head + 1) % this.capacity;
-    this.count--;
-  }
-
-  /** Backward-shift deletion: no tombstones, probe chains stay short. */
-  private unslot(hole: number): void {
-    const slots = this.slots;
-    const mask = this.mask;
-    slots[hole] = 0;
-    for (let s = (hole + 1) & mask; slots[s] !== 0; s = (s + 1) & mask) {
-      const home = Quarantine.hash(this.handles[slots[s]! - 1]!) & mask;
-      // move it into the hole when its home is not in (hole, s] (cyclically)
-      if ((s > hole && (home <= hole || home > s)) || (s < hole && home <= hole && home > s)) {
-        slots[hole] = slots[s]!;
-        slots[s] = 0;
-        hole = s;
-      }
-    }
   }
 }
 
@@ -701,16 +512,17 @@ export class PeerEngine implements PeerPort {
    * a lookup is confirmed on the full 64 bits. Our own handles are unique by key.
    */
   private readonly queriesByHandle = new Map<number, QueryConv>();
-  private readonly ackTrackers = new Map<number, AckTracker>();
-  /** Trackers in expiry order (a refreshed one moves to the back when it reaches the front). */
-  private readonly trackerQueue = new Fifo<AckTracker>();
+  private readonly ackTrackers: AckTrackers;
+  /** Scratch for a tracker's IP words. */
+  private readonly ipWords = new Int32Array(4);
   private readonly quarantine: Quarantine;
   /** Peer handle (key) → ACCEPT conversations (normally one; more for other peer IPs or listeners). */
   private readonly accepts = new Map<number, AcceptConv[]>();
   /** Secret mixing values of handleKey, so peers cannot aim many handles at one key. */
   private readonly keyXor: number;
   private readonly keyMul: number;
-  private readonly lingering = new Fifo<AcceptConv>();
+  /** Finished ACCEPT conversations (typed arrays, not the objects). */
+  private readonly lingering: Lingering;
   private liveAccepts = 0;
   private readonly buckets = new Map<string, PeerBucket>();
   private readonly overflowBucket: PeerBucket;
@@ -735,6 +547,8 @@ export class PeerEngine implements PeerPort {
     }
     if (!(t.reqBackoff >= 1 && t.accBackoff >= 1)) throw new RangeError('backoff factors must be >= 1');
     this.quarantine = new Quarantine(Math.max(0, Math.floor(this.limits.maxQuarantinedHandles)));
+    this.lingering = new Lingering(Math.max(0, Math.floor(this.limits.maxLingering)));
+    this.ackTrackers = new AckTrackers(Math.max(1, Math.floor(this.limits.maxAckTrackers)));
     const seed = randomSeed();
     this.keyXor = seed[0]! | 0;
     this.keyMul = seed[1]! | 1;
@@ -942,8 +756,8 @@ export class PeerEngine implements PeerPort {
     const lo = b.readUInt32BE(OFF_HANDLE + 4);
     const key = this.handleKey(hi, lo);
     let list = this.accepts.get(key);
+    let same = 0;
     if (list) {
-      let same = 0;
       for (const c of list) {
         if (c.lo !== lo || c.hi !== hi) continue;
         if (c.wirePort === wirePort && samePeerIp(c.src, src) && c.wireIp.equals(wireIp)) {
@@ -954,10 +768,21 @@ export class PeerEngine implements PeerPort {
         }
         same++;
       }
-      if (same >= this.limits.maxSameHandle) {
-        this.counters.reqCapDropped++;
+    }
+    const lingering = this.lingering;
+    for (let i = lingering.first(key); i >= 0; i = lingering.after(i)) {
+      if (!lingering.sameHandle(i, hi, lo)) continue;
+      if (lingering.sameWire(i, wirePort, wireIp, 0, wireIp.length) && lingering.samePeer(i, src)) {
+        // a duplicate of a finished conversation (the ACK came first, or it gave up): the same ACC
+        this.counters.reqDuplicate++;
+        this.sendCounted(src, lingering.accCopy(i, allocRetained(PM_MESSAGE_SIZE)), via, 'txAccDuplicateReq');
         return;
       }
+      same++;
+    }
+    if (same >= this.limits.maxSameHandle) {
+      this.counters.reqCapDropped++;
+      return;
     }
     if (this.liveAccepts >= this.limits.maxAccepts || bucket.live >= this.limits.maxAcceptsPerPeer) {
       this.counters.reqCapDropped++;
@@ -976,12 +801,10 @@ export class PeerEngine implements PeerPort {
       src,
       via,
       acc,
-      state: 'accepting',
       bucket,
       giveUpAtMs: now + this.timing.acceptGiveUpMs,
       nextSendAtMs: now + this.timing.accFirstRetransmitMs,
       intervalMs: this.timing.accFirstRetransmitMs,
-      lingerUntilMs: 0,
       dueAtMs: 0,
       heapPos: -1,
     };
@@ -1011,13 +834,14 @@ export class PeerEngine implements PeerPort {
   private onAck(b: Buffer, ipVersion: number, src: PeerEndpoint): void {
     const hi = b.readUInt32BE(OFF_HANDLE);
     const lo = b.readUInt32BE(OFF_HANDLE + 4);
-    const list = this.accepts.get(this.handleKey(hi, lo));
+    const key = this.handleKey(hi, lo);
+    const list = this.accepts.get(key);
+    const apPort = b.readUInt16BE(OFF_APPORT);
+    const n = ipLen(ipVersion);
     let conv: AcceptConv | undefined;
+    // Prefer the conversation of the ACK's sender; a multi-homed peer may ACK from another IP.
+    let other: AcceptConv | undefined;
     if (list) {
-      const apPort = b.readUInt16BE(OFF_APPORT);
-      const n = ipLen(ipVersion);
-      // Prefer the conversation of the ACK's sender; a multi-homed peer may ACK from another IP.
-      let other: AcceptConv | undefined;
       for (const c of list) {
         if (c.lo !== lo || c.hi !== hi) continue;
         if (c.wirePort !== apPort || c.wireIp.length !== n || !sameBytes(b, OFF_APIP, c.wireIp, n)) continue;
@@ -1025,40 +849,49 @@ export class PeerEngine implements PeerPort {
           conv = c;
           break;
         }
-        if (!other || (other.state !== 'accepting' && c.state === 'accepting')) other = c;
+        other ??= c;
       }
-      conv ??= other;
     }
     if (!conv) {
-      this.counters.ackStale++;
-      return;
+      // the sender's conversation may have finished already (its ACK is a duplicate)
+      if (this.lingeringAck(key, hi, lo, b, apPort, n, src)) {
+        this.counters.ackDuplicate++;
+        return;
+      }
+      conv = other;
     }
-    if (conv.state !== 'accepting') {
-      this.counters.ackDuplicate++;
+    if (!conv) {
+      if (this.lingeringAck(key, hi, lo, b, apPort, n, undefined)) this.counters.ackDuplicate++;
+      else this.counters.ackStale++;
       return;
     }
     this.counters.acceptsCompleted++;
     this.endAccept(conv, this.deps.now());
   }
 
-  /** accepting → lingering: stop retransmitting, keep answering duplicate REQs for a while. */
+  /** A finished conversation this ACK names (from `from` when given, else from any peer). */
+  private lingeringAck(key: number, hi: number, lo: number, b: Buffer, apPort: number, n: number, from: PeerEndpoint | undefined): boolean {
+    const l = this.lingering;
+    for (let i = l.first(key); i >= 0; i = l.after(i)) {
+      if (l.sameHandle(i, hi, lo) && l.sameWire(i, apPort, b, OFF_APIP, n) && (from === undefined || l.samePeer(i, from))) return true;
+    }
+    return false;
+  }
+
+  /** accepting → lingering: stop retransmitting, keep answering duplicate REQs for a while (as numbers and bytes only). */
   private endAccept(conv: AcceptConv, now: number): void {
-    conv.state = 'lingering';
     this.heap.remove(conv);
     this.liveAccepts--;
     conv.bucket.live--;
-    conv.lingerUntilMs = now + this.timing.acceptLingerMs;
-    this.lingering.push(conv);
-    while (this.lingering.size > this.limits.maxLingering) this.forgetAccept(this.lingering.shift()!);
-  }
-
-  private forgetAccept(conv: AcceptConv): void {
     const list = this.accepts.get(conv.key);
-    if (!list) return;
-    const i = list.indexOf(conv);
-    if (i < 0) return;
-    if (list.length === 1) this.accepts.delete(conv.key);
-    else list.splice(i, 1);
+    if (list) {
+      const i = list.indexOf(conv);
+      if (i >= 0) {
+        if (list.length === 1) this.accepts.delete(conv.key);
+        else list.splice(i, 1);
+      }
+    }
+    this.lingering.add(conv.key, conv.hi, conv.lo, conv.wirePort, conv.wireIp, conv.src, conv.acc, now + this.timing.acceptLingerMs);
   }
 
   // Connecting side ------------------------------------------------------------
@@ -1081,20 +914,16 @@ export class PeerEngine implements PeerPort {
         flowinfo: q.remote.flowinfo,
         scopeId: q.remote.scopeId,
       };
-      const t = newTracker(q, now + this.timing.ackTrackerMs);
-      this.ackTrackers.set(key, t);
-      this.trackerQueue.push(t);
-      if (this.ackTrackers.size > this.limits.maxAckTrackers) this.expireTrackers(now, true);
+      this.track(q, now);
       this.deps.events.queryDone(q.id, { kind: 'accepted', mappedRemote });
       this.sendCounted(src, replyFromRaw(b, PM_MSG_ACK), via, 'txAck');
       return;
     }
-    const t = this.ackTrackers.get(key);
-    if (t && t.lo === lo && t.hi === hi && trackerMatches(t, b, ipVersion)) {
+    const t = this.ackTrackers.find(key, hi, lo, familyOf(ipVersion), b, OFF_CPPORT, OFF_CPIP);
+    if (t >= 0) {
       // Our ACK got lost and the peer retransmitted its ACC: ACK again.
       this.counters.accDuplicate++;
-      t.untilMs = this.deps.now() + this.timing.ackTrackerMs;
-      t.refreshed = true;
+      this.ackTrackers.refresh(t, this.deps.now() + this.timing.ackTrackerMs);
       this.sendCounted(src, replyFromRaw(b, PM_MSG_ACK), via, 'txAck');
       return;
     }
@@ -1127,27 +956,17 @@ export class PeerEngine implements PeerPort {
     this.quarantine.add(q.key, now + this.timing.handleQuarantineMs);
   }
 
-  /** Expire the trackers due at `now`; with `one`, the oldest one whatever its time (cap). */
-  private expireTrackers(now: number, one = false): void {
-    const queue = this.trackerQueue;
-    for (let t = queue.peek(); t; t = queue.peek()) {
-      if (this.ackTrackers.get(t.key) !== t) {
-        queue.shift();
-        continue;
-      }
-      if (t.refreshed) {
-        // extended by a duplicate ACC since it was queued: to the back, in time order again
-        t.refreshed = false;
-        queue.shift();
-        queue.push(t);
-        continue;
-      }
-      if (!one && t.untilMs > now) return;
-      queue.shift();
-      this.ackTrackers.delete(t.key);
-      this.quarantine.add(t.key, now + this.timing.handleQuarantineMs);
-      if (one) return;
-    }
+  /** The answered query stays on as an ACK tracker (numbers only: the query object goes). */
+  private track(q: QueryConv, now: number): void {
+    const ip = q.local.ip;
+    const w = this.ipWords;
+    const v6 = ip.length === 16;
+    w[0] = ip.readInt32BE(0);
+    w[1] = v6 ? ip.readInt32BE(4) : 0;
+    w[2] = v6 ? ip.readInt32BE(8) : 0;
+    w[3] = v6 ? ip.readInt32BE(12) : 0;
+    const evicted = this.ackTrackers.add(q.key, q.hi, q.lo, q.local.family, q.local.port, w, now + this.timing.ackTrackerMs);
+    if (evicted !== undefined) this.quarantine.add(evicted, now + this.timing.handleQuarantineMs);
   }
 
   // Round trip ----------------------------------------------------------------
@@ -1302,11 +1121,8 @@ export class PeerEngine implements PeerPort {
 
   private housekeeping(now: number): void {
     this.lastHousekeepingMs = now;
-    this.expireTrackers(now);
-    for (let l = this.lingering.peek(); l && l.lingerUntilMs <= now; l = this.lingering.peek()) {
-      this.lingering.shift();
-      this.forgetAccept(l);
-    }
+    this.ackTrackers.expire(now, (key) => this.quarantine.add(key, now + this.timing.handleQuarantineMs));
+    this.lingering.expire(now);
     this.quarantine.expire(now);
     this.sweepBuckets(now);
   }
@@ -1362,7 +1178,6 @@ export class PeerEngine implements PeerPort {
     this.queriesById.clear();
     this.queriesByHandle.clear();
     this.ackTrackers.clear();
-    this.trackerQueue.clear();
     this.quarantine.clear();
     this.accepts.clear();
     this.lingering.clear();
