@@ -433,13 +433,17 @@ Napi::Value ReservePorts(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// True when info[0] is an Int32Array; else throws a TypeError naming the signature.
+bool FdsArgument(const Napi::CallbackInfo& info, const char* signature) {
+  if (info.Length() >= 1 && IsTyped(info[0], napi_int32_array)) return true;
+  Napi::TypeError::New(info.Env(), signature).ThrowAsJavaScriptException();
+  return false;
+}
+
 // closeFds(fds: Int32Array) -> number closed without error. Negative fds are skipped.
 Napi::Value CloseFds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !IsTyped(info[0], napi_int32_array)) {
-    Napi::TypeError::New(env, "closeFds(fds: Int32Array)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  if (!FdsArgument(info, "closeFds(fds: Int32Array)")) return env.Undefined();
   Napi::Int32Array fds = info[0].As<Napi::Int32Array>();
   uint32_t closed = 0;
   for (size_t i = 0; i < fds.ElementLength(); i++) {
@@ -453,10 +457,7 @@ Napi::Value CloseFds(const Napi::CallbackInfo& info) {
 // closed by the pool's thread, or right here when the pool is off.
 Napi::Value ReleaseFds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !IsTyped(info[0], napi_int32_array)) {
-    Napi::TypeError::New(env, "releaseFds(fds: Int32Array)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  if (!FdsArgument(info, "releaseFds(fds: Int32Array)")) return env.Undefined();
   Napi::Int32Array fds = info[0].As<Napi::Int32Array>();
   std::vector<int> take;
   take.reserve(fds.ElementLength());
