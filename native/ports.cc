@@ -43,9 +43,10 @@ constexpr auto kRefillBackoff = std::chrono::milliseconds(100);
 // instead of sleeping until notified: under load a notify costs the caller a futex
 // wake-up of another CPU (an IPI on a VM, ~8 us per release call measured here),
 // more than the close() it hands off. A busy thread is never notified; an idle one
-// sleeps and is.
+// sleeps and is. The linger is short so that a slow trickle of connections (or a
+// slow CPU: qemu TCG) does not pay for polling it cannot use.
 constexpr auto kPollInterval = std::chrono::microseconds(500);
-constexpr auto kBusyLinger = std::chrono::milliseconds(100);
+constexpr auto kBusyLinger = std::chrono::milliseconds(5);
 
 int FamilyIndex(int family) { return family == AF_INET ? 0 : family == AF_INET6 ? 1 : -1; }
 int IndexFamily(int i) { return i == 0 ? AF_INET : AF_INET6; }
