@@ -481,6 +481,15 @@ function matchesLocal(local: SockAddr, b: Buffer, ipVersion: number): boolean {
   );
 }
 
+/**
+ * src as a live conversation keeps it (until the ACK, up to the give-up): a RawEndpoint's
+ * bytes are a view into its receive batch, which would stay alive with it; copy them.
+ */
+function keptEndpoint(src: PeerEndpoint): PeerEndpoint {
+  if (!(src instanceof RawEndpoint)) return src;
+  return new RawEndpoint(src.family, retainCopy(src.raw, 0, src.raw.length), src.port, src.scopeId);
+}
+
 function copyIp(b: Buffer, off: number, ipVersion: number): Buffer {
   // may be kept with a conversation (the wildcard listener's IP): not from Node's pool
   return retainCopy(b, off, ipLen(ipVersion));
@@ -798,7 +807,7 @@ export class PeerEngine implements PeerPort {
       key,
       wirePort,
       wireIp,
-      src,
+      src: keptEndpoint(src),
       via,
       acc,
       bucket,

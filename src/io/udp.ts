@@ -31,7 +31,6 @@ import { randomFillSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { getSystemErrorName } from 'node:util';
-import { retainCopy } from '../codec/retain.js';
 import { AF_INET, AF_INET6, formatIp, parseIp } from '../codec/sockaddr.js';
 import { IWARP_PM_PORT } from '../codec/wire.js';
 import { LogLimiter, type Logger, nullLogger } from '../core/log.js';
@@ -362,8 +361,7 @@ export class PeerIo implements PeerPort {
       const a = 16 * i;
       // a truncated datagram keeps the slot length (never 48 or 64): the engine drops it as malformed
       if (truncated[i] === 1) this.truncated++;
-      // the engine may keep src for seconds: a retained copy, not a view that pins the batch
-      const src = new RawEndpoint(family, retainCopy(srcAddrs, a, ipLen), srcPorts[i]!, scopeIds[i]!);
+      const src = new RawEndpoint(family, srcAddrs.subarray(a, a + ipLen), srcPorts[i]!, scopeIds[i]!);
       try {
         engine.receive(data.subarray(off, off + lengths[i]!), src, id);
       } catch (e) {
