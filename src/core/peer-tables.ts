@@ -105,10 +105,11 @@ export class AckTrackers {
    * call's: the ring is in expiry order because every entry lasts equally long). Returns the key of a live tracker evicted to stay within
    * max (the caller quarantines it), or undefined.
    */
-  add(key: number, hi: number, lo: number, family: number, port: number, ipWords: ArrayLike<number>, untilMs: number): number | undefined {
+  add(key: number, hi: number, lo: number, family: number, port: number, ip: Buffer, untilMs: number): number | undefined {
     let evicted: number | undefined;
     if (!this.index.has(key) && this.index.size >= this.max) evicted = this.evictOldest();
-    this.append(key, hi, lo, (family << 16) | port, ipWords[0]!, ipWords[1]!, ipWords[2]!, ipWords[3]!, untilMs);
+    const v6 = ip.length === 16;
+    this.append(key, hi, lo, (family << 16) | port, ip.readInt32BE(0), v6 ? ip.readInt32BE(4) : 0, v6 ? ip.readInt32BE(8) : 0, v6 ? ip.readInt32BE(12) : 0, untilMs);
     return evicted;
   }
 

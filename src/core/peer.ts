@@ -522,8 +522,6 @@ export class PeerEngine implements PeerPort {
    */
   private readonly queriesByHandle = new Map<number, QueryConv>();
   private readonly ackTrackers: AckTrackers;
-  /** Scratch for a tracker's IP words. */
-  private readonly ipWords = new Int32Array(4);
   private readonly quarantine: Quarantine;
   /** Peer handle (key) → ACCEPT conversations (normally one; more for other peer IPs or listeners). */
   private readonly accepts = new Map<number, AcceptConv[]>();
@@ -967,14 +965,7 @@ export class PeerEngine implements PeerPort {
 
   /** The answered query stays on as an ACK tracker (numbers only: the query object goes). */
   private track(q: QueryConv, now: number): void {
-    const ip = q.local.ip;
-    const w = this.ipWords;
-    const v6 = ip.length === 16;
-    w[0] = ip.readInt32BE(0);
-    w[1] = v6 ? ip.readInt32BE(4) : 0;
-    w[2] = v6 ? ip.readInt32BE(8) : 0;
-    w[3] = v6 ? ip.readInt32BE(12) : 0;
-    const evicted = this.ackTrackers.add(q.key, q.hi, q.lo, q.local.family, q.local.port, w, now + this.timing.ackTrackerMs);
+    const evicted = this.ackTrackers.add(q.key, q.hi, q.lo, q.local.family, q.local.port, q.local.ip, now + this.timing.ackTrackerMs);
     if (evicted !== undefined) this.quarantine.add(evicted, now + this.timing.handleQuarantineMs);
   }
 
