@@ -9,17 +9,18 @@ import {
   type NlHeader,
   type NlMessage,
   NLA_HDRLEN,
+  NLA_TYPE_MASK,
   NLM_F_MULTI,
   NLM_F_REQUEST,
   NLMSG_HDRLEN,
   NLMSG_DONE,
   NLMSG_ERROR,
+  align4,
   bytes,
-  decodeDoneStatus,
-  decodeError,
   encodeMessage,
   parseAttrs,
   readCString,
+  readHeader,
   str,
   u16,
   u32,
@@ -165,34 +166,66 @@ export type KernelMessage =
 
 type Needs = { type: number; kind: 'u16' | 'u32' | 'addr' | 'string'; max?: number; name: string; optional?: boolean };
 
-/** Validate attributes against a policy; returns a reason or undefined. */
-function check(attrs: AttrTable, needs: readonly Needs[]): string | undefined {
+/**
+ * Where the attributes of the message being decoded are: the value's offset in the
+ * datagram and its length, by type (-1 = absent). Scratch shared by every decode
+ * (decoding is synchronous), so a message costs no attribute table or views.
+ */
+const attrOff = new Int32Array(16);
+const attrLen = new Int32Array(16);
+
+/**
+ * Scan the attributes in buf[from, end) (no family header) into attrOff/attrLen.
+ * Types above `maxType` are ignored and the last occurrence of a type wins, as
+ * nla_parse; fewer than 4 trailing bytes are tolerated. Returns a reason or undefined.
+ * The same rules (and reasons) as parseAttrs.
+ */
+function scanAttrs(buf: Buffer, from: number, end: number, maxType: number): string | undefined {
+  attrOff.fill(-1, 0, maxType + 1);
+  let off = from;
+  while (off + NLA_HDRLEN <= end) {
+    const len = buf[off]! | (buf[off + 1]! << 8);
+    const type = (buf[off + 2]! | (buf[off + 3]! << 8)) & NLA_TYPE_MASK;
+    if (len < NLA_HDRLEN) return `attribute at offset ${off - from} has nla_len ${len} < 4`;
+    if (off + len > end) return `attribute ${type} at offset ${off - from} (nla_len ${len}) runs past the message end`;
+    if (type <= maxType) {
+      attrOff[type] = off + NLA_HDRLEN;
+      attrLen[type] = len - NLA_HDRLEN;
+    }
+    off += align4(len);
+  }
+  return undefined;
+}
+
+/** Validate the scanned attributes against a policy; returns a reason or undefined. */
+function check(buf: Buffer, needs: readonly Needs[]): string | undefined {
   for (const n of needs) {
-    const a = attrs[n.type];
-    if (!a) {
+    const o = attrOff[n.type]!;
+    if (o < 0) {
       if (n.optional) continue;
       return `attribute ${n.type} (${n.name}) missing`;
     }
+    const len = attrLen[n.type]!;
     switch (n.kind) {
       case 'u16':
-        if (a.length < 2) return `attribute ${n.type} (${n.name}) is ${a.length} bytes, u16 needs 2`;
+        if (len < 2) return `attribute ${n.type} (${n.name}) is ${len} bytes, u16 needs 2`;
         break;
       case 'u32':
-        if (a.length < 4) return `attribute ${n.type} (${n.name}) is ${a.length} bytes, u32 needs 4`;
+        if (len < 4) return `attribute ${n.type} (${n.name}) is ${len} bytes, u32 needs 4`;
         break;
       case 'addr': {
         // the cheap test first; decodeSockaddr only to say why not
-        if (a.length >= SOCKADDR_STORAGE_SIZE) {
-          const family = a[0]! | (a[1]! << 8);
+        if (len >= SOCKADDR_STORAGE_SIZE) {
+          const family = buf[o]! | (buf[o + 1]! << 8);
           if (family === AF_INET || family === AF_INET6) break;
         }
-        const d = decodeSockaddr(a);
+        const d = decodeSockaddr(buf.subarray(o, o + len));
         if (!d.ok) return `attribute ${n.type} (${n.name}): ${d.reason}`;
         break;
       }
       case 'string':
-        if (n.max !== undefined && a.length > n.max) {
-          return `attribute ${n.type} (${n.name}) is ${a.length} bytes, at most ${n.max} allowed`;
+        if (n.max !== undefined && len > n.max) {
+          return `attribute ${n.type} (${n.name}) is ${len} bytes, at most ${n.max} allowed`;
         }
         break;
     }
@@ -200,10 +233,23 @@ function check(attrs: AttrTable, needs: readonly Needs[]): string | undefined {
   return undefined;
 }
 
-function wireAddr(b: Buffer): WireAddr {
-  const d = decodeSockaddr(b);
-  if (!d.ok) throw new Error('unreachable: address validated before'); // guarded by check()
-  return { addr: d.addr, raw: copyBytes(b, 0, SOCKADDR_STORAGE_SIZE) };
+const u32Attr = (buf: Buffer, type: number): number => buf.readUInt32LE(attrOff[type]!);
+const stringAttr = (buf: Buffer, type: number): string => readCString(buf.subarray(attrOff[type]!, attrOff[type]! + attrLen[type]!));
+const flagsAttr = (buf: Buffer, type: number): number => (attrOff[type]! >= 0 ? u32Attr(buf, type) : 0);
+
+/**
+ * A validated address attribute (check() passed): a copy of its 128 bytes, and the
+ * decoded fields, whose `ip` is a view into that copy.
+ */
+function wireAddr(buf: Buffer, type: number): WireAddr {
+  const raw = copyBytes(buf, attrOff[type]!, SOCKADDR_STORAGE_SIZE);
+  const family = raw[0]! | (raw[1]! << 8);
+  const port = (raw[2]! << 8) | raw[3]!;
+  if (family === AF_INET) return { addr: { family: AF_INET, port, ip: raw.subarray(4, 8), flowinfo: 0, scopeId: 0 }, raw };
+  return {
+    addr: { family: AF_INET6, port, ip: raw.subarray(8, 24), flowinfo: raw.readUInt32BE(4), scopeId: raw.readUInt32LE(24) },
+    raw,
+  };
 }
 
 const REG_PID_POLICY: Needs[] = [
@@ -258,13 +304,26 @@ const POLICIES: readonly ({ policy: Needs[]; max: number } | undefined)[] = (() 
  * and default to 0, whatever the negotiated ABI (more robust than rdma-core, same result).
  */
 export function decodeKernelMessage(m: NlMessage): KernelMessage {
-  const header = m.header;
+  return decodeKernelMessageAt(m.raw, 0, m.raw.length);
+}
+
+/**
+ * decodeKernelMessage for the message at buf[off, off + len) (a whole message:
+ * messageLengthAt checked it). Nothing returned is a view into `buf` except the
+ * header fields' numbers: addresses are copied.
+ */
+export function decodeKernelMessageAt(buf: Buffer, off: number, len: number): KernelMessage {
+  const header = readHeader(buf, off);
   const client = clientOf(header.type);
-  if (header.type === NLMSG_DONE) return { op: 'done', client: 0, header, status: decodeDoneStatus(m) };
+  const body = off + NLMSG_HDRLEN;
+  const end = off + len;
+  if (header.type === NLMSG_DONE) {
+    return { op: 'done', client: 0, header, status: len >= NLMSG_HDRLEN + 4 ? buf.readInt32LE(body) : undefined };
+  }
   if (header.type === NLMSG_ERROR) {
-    const e = decodeError(m);
-    if (!e) return { op: 'invalid', client: 0, header, opcode: -1, reason: 'NLMSG_ERROR shorter than 4 bytes' };
-    return { op: 'error', client: 0, header, error: e.error, original: e.original };
+    if (len < NLMSG_HDRLEN + 4) return { op: 'invalid', client: 0, header, opcode: -1, reason: 'NLMSG_ERROR shorter than 4 bytes' };
+    const original = len >= NLMSG_HDRLEN + 4 + NLMSG_HDRLEN ? readHeader(buf, body + 4) : undefined;
+    return { op: 'error', client: 0, header, error: buf.readInt32LE(body), original };
   }
   if (header.type < 0x10) return { op: 'noop', client: 0, header };
   const opcode = opOf(header.type);
@@ -272,53 +331,49 @@ export function decodeKernelMessage(m: NlMessage): KernelMessage {
 
   const p = POLICIES[opcode];
   if (!p) return { op: 'unknown_op', client, header, opcode };
-  const parsed = parseAttrs(m.payload, p.max);
-  if (!parsed.ok) return invalid(parsed.reason);
-  const a = parsed.attrs;
-  const bad = check(a, p.policy);
+  const scanned = scanAttrs(buf, body, end, p.max);
+  if (scanned) return invalid(scanned);
+  const bad = check(buf, p.policy);
   if (bad) return invalid(bad);
 
   switch (opcode) {
     case RDMA_NL_IWPM_REG_PID: {
-      const ibdev = readCString(a[IWPM_NLA_REG_IBDEV_NAME]!);
+      const ibdev = stringAttr(buf, IWPM_NLA_REG_IBDEV_NAME);
       // The reply echoes the device name as a NUL string that the kernel accepts only up to 31 chars.
       if (ibdev.length > IWPM_DEVNAME_SIZE - 1) return invalid(`REG_IBDEV_NAME longer than ${IWPM_DEVNAME_SIZE - 1}`);
       return {
         op: 'reg_pid',
         client,
         header,
-        echoSeq: a[IWPM_NLA_REG_PID_SEQ]!.readUInt32LE(0),
-        ifname: readCString(a[IWPM_NLA_REG_IF_NAME]!),
+        echoSeq: u32Attr(buf, IWPM_NLA_REG_PID_SEQ),
+        ifname: stringAttr(buf, IWPM_NLA_REG_IF_NAME),
         ibdev,
-        ulib: readCString(a[IWPM_NLA_REG_ULIB_NAME]!),
+        ulib: stringAttr(buf, IWPM_NLA_REG_ULIB_NAME),
       };
     }
-    case RDMA_NL_IWPM_ADD_MAPPING: {
-      const f = a[IWPM_NLA_MANAGE_FLAGS];
+    case RDMA_NL_IWPM_ADD_MAPPING:
       return {
         op: 'add',
         client,
         header,
-        echoSeq: a[IWPM_NLA_MANAGE_MAPPING_SEQ]!.readUInt32LE(0),
-        local: wireAddr(a[IWPM_NLA_MANAGE_ADDR]!),
-        flags: f ? f.readUInt32LE(0) : 0,
-        hasFlags: f !== undefined,
+        echoSeq: u32Attr(buf, IWPM_NLA_MANAGE_MAPPING_SEQ),
+        local: wireAddr(buf, IWPM_NLA_MANAGE_ADDR),
+        flags: flagsAttr(buf, IWPM_NLA_MANAGE_FLAGS),
+        hasFlags: attrOff[IWPM_NLA_MANAGE_FLAGS]! >= 0,
       };
-    }
     case RDMA_NL_IWPM_QUERY_MAPPING: {
-      const f = a[IWPM_NLA_QUERY_FLAGS];
-      const local = wireAddr(a[IWPM_NLA_QUERY_LOCAL_ADDR]!);
-      const remote = wireAddr(a[IWPM_NLA_QUERY_REMOTE_ADDR]!);
+      const local = wireAddr(buf, IWPM_NLA_QUERY_LOCAL_ADDR);
+      const remote = wireAddr(buf, IWPM_NLA_QUERY_REMOTE_ADDR);
       if (local.addr.family !== remote.addr.family) return invalid('QUERY local and remote address families differ');
       return {
         op: 'query',
         client,
         header,
-        echoSeq: a[IWPM_NLA_QUERY_MAPPING_SEQ]!.readUInt32LE(0),
+        echoSeq: u32Attr(buf, IWPM_NLA_QUERY_MAPPING_SEQ),
         local,
         remote,
-        flags: f ? f.readUInt32LE(0) : 0,
-        hasFlags: f !== undefined,
+        flags: flagsAttr(buf, IWPM_NLA_QUERY_FLAGS),
+        hasFlags: attrOff[IWPM_NLA_QUERY_FLAGS]! >= 0,
       };
     }
     case RDMA_NL_IWPM_REMOVE_MAPPING:
@@ -326,26 +381,33 @@ export function decodeKernelMessage(m: NlMessage): KernelMessage {
         op: 'remove',
         client,
         header,
-        echoSeq: a[IWPM_NLA_MANAGE_MAPPING_SEQ]!.readUInt32LE(0),
-        local: wireAddr(a[IWPM_NLA_MANAGE_ADDR]!),
+        echoSeq: u32Attr(buf, IWPM_NLA_MANAGE_MAPPING_SEQ),
+        local: wireAddr(buf, IWPM_NLA_MANAGE_ADDR),
       };
     case RDMA_NL_IWPM_MAPINFO: {
-      const f = a[IWPM_NLA_MAPINFO_FLAGS];
-      const local = wireAddr(a[IWPM_NLA_MAPINFO_LOCAL_ADDR]!);
-      const mapped = wireAddr(a[IWPM_NLA_MAPINFO_MAPPED_ADDR]!);
+      const local = wireAddr(buf, IWPM_NLA_MAPINFO_LOCAL_ADDR);
+      const mapped = wireAddr(buf, IWPM_NLA_MAPINFO_MAPPED_ADDR);
       if (local.addr.family !== mapped.addr.family) return invalid('MAPINFO local and mapped address families differ');
-      return { op: 'mapinfo', client, header, local, mapped, flags: f ? f.readUInt32LE(0) : 0, hasFlags: f !== undefined };
+      return {
+        op: 'mapinfo',
+        client,
+        header,
+        local,
+        mapped,
+        flags: flagsAttr(buf, IWPM_NLA_MAPINFO_FLAGS),
+        hasFlags: attrOff[IWPM_NLA_MAPINFO_FLAGS]! >= 0,
+      };
     }
     case RDMA_NL_IWPM_MAPINFO_NUM:
       return {
         op: 'mapinfo_num',
         client,
         header,
-        echoSeq: a[IWPM_NLA_MAPINFO_SEQ]!.readUInt32LE(0),
-        sendNum: a[IWPM_NLA_MAPINFO_SEND_NUM]!.readUInt32LE(0),
+        echoSeq: u32Attr(buf, IWPM_NLA_MAPINFO_SEQ),
+        sendNum: u32Attr(buf, IWPM_NLA_MAPINFO_SEND_NUM),
       };
     case RDMA_NL_IWPM_HELLO:
-      return { op: 'hello', client, header, abi: a[IWPM_NLA_HELLO_ABI_VERSION]!.readUInt16LE(0) };
+      return { op: 'hello', client, header, abi: buf.readUInt16LE(attrOff[IWPM_NLA_HELLO_ABI_VERSION]!) };
   }
   return { op: 'unknown_op', client, header, opcode };
 }

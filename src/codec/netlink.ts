@@ -78,6 +78,19 @@ class SplitMessage implements NlMessage {
 }
 
 /**
+ * Length of the message at datagram[off] when it lies wholly before `end`
+ * (NLMSG_OK), or why not. The next message starts at off + align4(length).
+ */
+export function messageLengthAt(datagram: Uint8Array, off: number, end: number): number | string {
+  const remaining = end - off;
+  if (remaining < NLMSG_HDRLEN) return `trailing ${remaining} bytes shorter than a netlink header`;
+  const len = (datagram[off]! | (datagram[off + 1]! << 8) | (datagram[off + 2]! << 16) | (datagram[off + 3]! << 24)) >>> 0;
+  if (len < NLMSG_HDRLEN) return `nlmsg_len ${len} smaller than the header`;
+  if (len > remaining) return `nlmsg_len ${len} exceeds the ${remaining} bytes left in the datagram`;
+  return len;
+}
+
+/**
  * Walk the messages of one datagram (NLMSG_OK / NLMSG_NEXT). Stops at the first
  * malformed header and reports it; messages before it are returned.
  */
@@ -85,15 +98,8 @@ export function splitMessages(datagram: Buffer): SplitResult {
   const messages: NlMessage[] = [];
   let off = 0;
   while (off < datagram.length) {
-    const remaining = datagram.length - off;
-    if (remaining < NLMSG_HDRLEN) {
-      return { messages, error: `trailing ${remaining} bytes shorter than a netlink header` };
-    }
-    const len = datagram.readUInt32LE(off);
-    if (len < NLMSG_HDRLEN) return { messages, error: `nlmsg_len ${len} smaller than the header` };
-    if (len > remaining) {
-      return { messages, error: `nlmsg_len ${len} exceeds the ${remaining} bytes left in the datagram` };
-    }
+    const len = messageLengthAt(datagram, off, datagram.length);
+    if (typeof len === 'string') return { messages, error: len };
     messages.push(new SplitMessage(datagram, off, len));
     off += align4(len);
   }

@@ -31,7 +31,8 @@ import {
   RDMA_NL_IWPM_REMOTE_INFO,
   type AddrValue,
   type KernelMessage,
-  decodeKernelMessage,
+  type DaemonHeader,
+  decodeKernelMessageAt,
   encodeHandleErr,
   encodeHello,
   encodeManageReply,
@@ -43,15 +44,16 @@ import {
   nlType,
   type WireAddr,
 } from '../codec/iwpm.js';
-import { splitMessages } from '../codec/netlink.js';
+import { align4, messageLengthAt } from '../codec/netlink.js';
+import { SlabArena } from '../codec/retain.js';
 import {
+  SOCKADDR_STORAGE_SIZE,
   type SockAddr,
-  addrKey,
-  encodeSockaddr,
   formatAddr,
   isWildcard,
   sameAddr,
   withPort,
+  writeSockaddr,
 } from '../codec/sockaddr.js';
 import { ClientRegistry } from './clients.js';
 import { type Logger, LogLimiter } from './log.js';
@@ -80,7 +82,10 @@ export const MAX_HELD_MESSAGES = 4096;
  * until the socket has been drained.
  */
 export const STALL_DROP_MS = 8000;
-/** Daemon messages remembered so the kernel's NLMSG_DONE status can be attributed. */
+/** Bytes a mapping keeps: the kernel's local address, the mapped address (128 each), the IP (4 or 16). */
+const MAPPING_BLOCK = 2 * SOCKADDR_STORAGE_SIZE + 16;
+
+/** Daemon messages remembered so the kernel's NLMSG_DONE status can be attributed (a power of 2). */
 const SENT_MEMORY = 4096;
 
 export interface ReceivedDatagram {
@@ -88,6 +93,17 @@ export interface ReceivedDatagram {
   /** Sender netlink port id (0 = the kernel). */
   sender: number;
   truncated: boolean;
+}
+
+/** One read of the netlink socket as the addon delivers it: datagram i is data[offsets[i], offsets[i] + lengths[i]). */
+export interface PackedDatagrams {
+  count: number;
+  data: Buffer;
+  offsets: Uint32Array;
+  lengths: Uint32Array;
+  senders: Uint32Array;
+  /** 1 where the datagram was cut to its slot. */
+  truncated: Uint8Array;
 }
 
 export interface DaemonDeps {
@@ -137,16 +153,22 @@ export interface DaemonCounters {
 }
 
 /** A reply that can only be written once the batch's port reservations are done. */
-type Outgoing = Buffer | (() => Buffer | undefined);
+/** A reply ready to go, one built at the end of the batch, or a withdrawn one. */
+type Outgoing = Buffer | (() => Buffer | undefined) | undefined;
 
+/** A QUERY_MAPPING from its arrival until its answer to the kernel. */
 interface PendingQuery {
+  /** 0 until it starts (its mapping has a port). */
   id: number;
   client: number;
   kernelSeq: number;
+  local: SockAddr;
   localRaw: Buffer;
   remote: WireAddr;
   mapping: Mapping;
   startedAtMs: number;
+  /** A REMOVE later in its batch withdrew it. */
+  withdrawn: boolean;
 }
 
 export type AbiState = { phase: 'negotiating'; attempts: number; lastHelloMs: number } | { phase: 'ready'; abi: 3 | 4; assumed?: boolean };
@@ -190,7 +212,12 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   private readonly mapinfoAccepted = new Map<number, number>();
   private replayGen = 0;
   /** Our header seq → op name, so NLMSG_DONE statuses can be attributed. */
-  private readonly sentOps = new Map<number, number>();
+  /** Op of each recent message we sent, by header seq (slot seq % SENT_MEMORY; op + 1, 0 = none). */
+  private readonly sentSeq = new Uint32Array(SENT_MEMORY);
+  private readonly sentOp = new Uint16Array(SENT_MEMORY);
+  private readonly hdr: DaemonHeader = { seq: 0, pid: 0 };
+  /** Where mappings keep their bytes (8 KiB slabs: about 30 mappings each). */
+  private readonly mappingBytes = new SlabArena(8192);
 
   // Per-batch state.
   private out: Outgoing[] = [];
@@ -198,7 +225,10 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   private toReopen: Mapping[] = [];
   private toClose: { fd: number; port: number }[] = [];
   private afterReserve: (() => void)[] = [];
-  private afterFlush: (() => void)[] = [];
+  /** Queries waiting for their mapping's port (this batch's reservations). */
+  private awaitingPort: PendingQuery[] = [];
+  /** Queries that go to the peer once this batch's replies are sent. */
+  private toStart: PendingQuery[] = [];
   /** Inside onBatch: replies wait for the batch's single send. */
   private inBatch = false;
   /** Last time the ticker ran: a long gap before a read means the loop stood still. */
@@ -207,8 +237,15 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   private stale = false;
   /** Receive batches handled since `stale` was set. */
   private staleBatches = 0;
-  /** ADD/QUERY of this batch, by local address, so a REMOVE later in it can withdraw them. */
-  private readonly batchRequests = new Map<number | string, (() => void)[]>();
+  /**
+   * ADD/QUERY of this batch (local address, the replies they produced as out[from, to),
+   * the query), so a REMOVE later in it can withdraw them. Parallel arrays, `batchCount` used.
+   */
+  private readonly batchLocal: (SockAddr | undefined)[] = [];
+  private readonly batchFrom: number[] = [];
+  private readonly batchTo: number[] = [];
+  private readonly batchQuery: (PendingQuery | undefined)[] = [];
+  private batchCount = 0;
   /** Inside runBatch: peer events wait for its single send. */
   private eventDepth = 0;
 
@@ -243,7 +280,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     if (this.abi.phase !== 'negotiating') return;
     this.abi.attempts++;
     this.abi.lastHelloMs = this.deps.now();
-    this.deps.sendToKernel([this.msg(RDMA_NL_IWCM, RDMA_NL_IWPM_HELLO, (h) => encodeHello(h, IWPM_UABI_VERSION))]);
+    this.deps.sendToKernel([encodeHello(this.header(RDMA_NL_IWCM, RDMA_NL_IWPM_HELLO), IWPM_UABI_VERSION)]);
   }
 
   /** Periodic work (HELLO retries). Call every few hundred ms. */
@@ -289,18 +326,39 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
 
   /** One receive batch from the netlink socket. */
   onBatch(datagrams: readonly ReceivedDatagram[]): void {
+    this.beginRead();
+    try {
+      for (const d of datagrams) this.receiveDatagram(d.data, 0, d.data.length, d.sender, d.truncated);
+    } finally {
+      this.endRead(datagrams.length);
+    }
+  }
+
+  /** onBatch for the addon's packed batch (no per-datagram objects). */
+  onPackedBatch(b: PackedDatagrams): void {
+    this.beginRead();
+    try {
+      for (let i = 0; i < b.count; i++) {
+        const off = b.offsets[i]!;
+        this.receiveDatagram(b.data, off, off + b.lengths[i]!, b.senders[i]!, b.truncated[i] === 1);
+      }
+    } finally {
+      this.endRead(b.count);
+    }
+  }
+
+  private beginRead(): void {
     const gap = this.deps.now() - this.lastTickMs;
     if (gap >= STALL_DROP_MS) this.enterStale(gap);
     if (this.stale) this.staleBatches++;
-    this.batchRequests.clear();
+    this.batchCount = 0;
     this.inBatch = true;
-    try {
-      this.receiveBatch(datagrams);
-    } finally {
-      this.inBatch = false;
-    }
+  }
+
+  private endRead(count: number): void {
+    this.inBatch = false;
     this.finishBatch();
-    if (this.stale && datagrams.length < (this.deps.recvBatchSize ?? 64)) this.stale = false;
+    if (this.stale && count < (this.deps.recvBatchSize ?? 64)) this.stale = false;
   }
 
   private enterStale(gapMs: number): void {
@@ -314,24 +372,28 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     this.staleBatches = 0;
   }
 
-  private receiveBatch(datagrams: readonly ReceivedDatagram[]): void {
-    for (const d of datagrams) {
-      this.counters.datagrams++;
-      if (d.sender !== this.deps.kernelPortId) {
-        this.counters.droppedForeign++;
-        this.warn('foreign', `dropped a netlink datagram from port id ${d.sender}: only the kernel may talk to us`);
-        continue;
-      }
-      if (d.truncated) {
-        this.counters.truncated++;
-        this.warn('trunc', `netlink datagram truncated to ${d.data.length} bytes; processing its complete messages`);
-      }
-      const split = splitMessages(d.data);
-      if (split.error) {
+  /** The datagram at data[start, end): each of its messages, in order. */
+  private receiveDatagram(data: Buffer, start: number, end: number, sender: number, truncated: boolean): void {
+    this.counters.datagrams++;
+    if (sender !== this.deps.kernelPortId) {
+      this.counters.droppedForeign++;
+      this.warn('foreign', `dropped a netlink datagram from port id ${sender}: only the kernel may talk to us`);
+      return;
+    }
+    if (truncated) {
+      this.counters.truncated++;
+      this.warn('trunc', `netlink datagram truncated to ${end - start} bytes; processing its complete messages`);
+    }
+    let off = start;
+    while (off < end) {
+      const len = messageLengthAt(data, off, end);
+      if (typeof len === 'string') {
         this.counters.invalid++;
-        this.warn('split', `malformed netlink datagram: ${split.error}`);
+        this.warn('split', `malformed netlink datagram: ${len}`);
+        return;
       }
-      for (const m of split.messages) this.handle(decodeKernelMessage(m));
+      this.handle(decodeKernelMessageAt(data, off, len));
+      off += align4(len);
     }
   }
 
@@ -380,8 +442,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       }
       case 'query': {
         const from = this.out.length;
-        const ticket = this.onQuery(k);
-        return this.trackRequest(k, from, ticket);
+        const q = this.onQuery(k);
+        return this.trackRequest(k, from, q);
       }
       case 'remove':
         this.withdrawRequests(k);
@@ -443,12 +505,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   private onDone(k: Extract<KernelMessage, { op: 'done' }>): void {
     // A bare NLMSG_DONE (no status) ends a MAPINFO datagram. A DONE with a status
     // follows every message we send; REMOTE_INFO is always answered with -EINVAL.
-    if (k.status === undefined || k.status === 0) {
-      this.sentOps.delete(k.header.seq);
-      return;
-    }
-    const op = this.sentOps.get(k.header.seq);
-    this.sentOps.delete(k.header.seq);
+    const op = this.takeSentOp(k.header.seq);
+    if (k.status === undefined || k.status === 0) return;
     if (op === RDMA_NL_IWPM_REMOTE_INFO && k.status === -22) return;
     this.counters.kernelRejected++;
     this.warn(
@@ -462,8 +520,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     this.deps.log.info(`IWPM ABI ${abi} negotiated`);
     if (requestMapinfo) {
       // Ask the kernel to replay its mappings (recovery after a restart).
-      const reqs = [this.msg(RDMA_NL_IWCM, RDMA_NL_IWPM_MAPINFO, (h) => encodeMapinfoRequest(h, RDMA_NL_IWCM, abi))];
-      if (abi === 3) reqs.push(this.msg(RDMA_NL_C4IW, RDMA_NL_IWPM_MAPINFO, (h) => encodeMapinfoRequest(h, RDMA_NL_C4IW, abi)));
+      const reqs = [encodeMapinfoRequest(this.header(RDMA_NL_IWCM, RDMA_NL_IWPM_MAPINFO), RDMA_NL_IWCM, abi)];
+      if (abi === 3) reqs.push(encodeMapinfoRequest(this.header(RDMA_NL_C4IW, RDMA_NL_IWPM_MAPINFO), RDMA_NL_C4IW, abi));
       this.replayGen++;
       this.out.push(...reqs);
     }
@@ -483,9 +541,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     }
     if (r.first) this.deps.log.info(`client ${k.client} registered: device ${k.ibdev || '?'} (${k.ifname || 'no netdev'})`);
     const version = this.negotiatedAbi ?? IWPM_UABI_VERSION;
-    this.reply(k.client, RDMA_NL_IWPM_REG_PID, (h) =>
-      encodeRegPidReply(h, k.client, { kernelSeq: k.header.seq, ibdev: k.ibdev, version }),
-    );
+    const h = this.header(k.client, RDMA_NL_IWPM_REG_PID);
+    this.out.push(encodeRegPidReply(h, k.client, { kernelSeq: k.header.seq, ibdev: k.ibdev, version }));
   }
 
   private onAdd(k: Extract<KernelMessage, { op: 'add' }>): void {
@@ -509,82 +566,74 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   private replyManage(k: Extract<KernelMessage, { op: 'add' }>, m: Mapping): void {
     const seq = k.header.seq;
     if (m.state !== 'pending') {
-      this.reply(k.client, RDMA_NL_IWPM_ADD_MAPPING, (h) =>
-        encodeManageReply(h, k.client, { kernelSeq: seq, local: k.local.raw, mapped: m.mappedRaw }),
-      );
+      const h = this.header(k.client, RDMA_NL_IWPM_ADD_MAPPING);
+      this.out.push(encodeManageReply(h, k.client, { kernelSeq: seq, local: k.local.raw, mapped: m.mappedRaw }));
       return;
     }
     this.out.push(() => {
       if (m.state === 'failed') return this.errMsg(k.client, seq, IWPM_CREATE_MAPPING_ERR);
-      return this.msg(k.client, RDMA_NL_IWPM_ADD_MAPPING, (h) =>
-        encodeManageReply(h, k.client, { kernelSeq: seq, local: k.local.raw, mapped: m.mappedRaw }),
-      );
+      const h = this.header(k.client, RDMA_NL_IWPM_ADD_MAPPING);
+      return encodeManageReply(h, k.client, { kernelSeq: seq, local: k.local.raw, mapped: m.mappedRaw });
     });
   }
 
-  private onQuery(k: Extract<KernelMessage, { op: 'query' }>): QueryTicket {
+  private onQuery(k: Extract<KernelMessage, { op: 'query' }>): PendingQuery | undefined {
     const seq = k.header.seq;
-    const ticket: QueryTicket = { withdrawn: false };
     let m = this.findLive(k.local.addr);
     if (m) {
       if (m.wildcard) {
         this.warn('qwild', `QUERY from ${formatAddr(k.local.addr)} matches the wildcard listener ${formatAddr(m.local)}`);
         this.handleErr(k.client, seq, IWPM_CREATE_MAPPING_ERR);
-        return ticket;
+        return undefined;
       }
       m.refCount++;
     } else {
       m = this.createMapping(k.local, k.client, k.flags, 'query');
     }
-    const mapping = m;
-    const start = (): void => {
-      if (mapping.state === 'failed' || ticket.withdrawn) return;
-      const q: PendingQuery = {
-        id: this.nextQueryId++,
-        client: k.client,
-        kernelSeq: seq,
-        localRaw: k.local.raw,
-        remote: k.remote,
-        mapping,
-        startedAtMs: this.deps.now(),
-      };
-      this.counters.queriesStarted++;
-      const peer = this.peer;
-      if (!peer) {
-        this.completeQuery(q, { kind: 'failed', reason: 'peer exchange is not running' });
-        return;
-      }
-      this.queries.set(q.id, q);
-      ticket.queryId = q.id;
-      this.queriesPerMapping.set(mapping, (this.queriesPerMapping.get(mapping) ?? 0) + 1);
-      this.afterFlush.push(() => {
-        // A REMOVE later in the same batch may have cancelled it already.
-        if (this.queries.has(q.id)) peer.startQuery({ id: q.id, local: k.local.addr, mapped: mapping.mapped, remote: k.remote.addr });
-      });
+    const q: PendingQuery = {
+      id: 0,
+      client: k.client,
+      kernelSeq: seq,
+      local: k.local.addr,
+      localRaw: k.local.raw,
+      remote: k.remote,
+      mapping: m,
+      startedAtMs: 0,
+      withdrawn: false,
     };
-    if (mapping.state !== 'pending') {
-      start();
-      return ticket;
+    if (m.state !== 'pending') {
+      this.startQuery(q);
+      return q;
     }
     // Answered with HANDLE_ERR in arrival order if the reservation fails.
+    const mapping = m;
     this.out.push(() => (mapping.state === 'failed' ? this.errMsg(k.client, seq, IWPM_CREATE_MAPPING_ERR) : undefined));
-    this.afterReserve.push(start);
-    return ticket;
+    this.awaitingPort.push(q);
+    return q;
+  }
+
+  /** Its mapping has a port (or failed): hand it to the peer exchange once this batch's replies are out. */
+  private startQuery(q: PendingQuery): void {
+    if (q.mapping.state === 'failed' || q.withdrawn) return;
+    q.id = this.nextQueryId++;
+    q.startedAtMs = this.deps.now();
+    this.counters.queriesStarted++;
+    if (!this.peer) {
+      this.completeQuery(q, { kind: 'failed', reason: 'peer exchange is not running' });
+      return;
+    }
+    this.queries.set(q.id, q);
+    this.queriesPerMapping.set(q.mapping, (this.queriesPerMapping.get(q.mapping) ?? 0) + 1);
+    this.toStart.push(q);
   }
 
   /** Remember the replies an ADD/QUERY of this batch produced (out[from..]) so a REMOVE can withdraw them. */
-  private trackRequest(k: Extract<KernelMessage, { op: 'add' | 'query' }>, from: number, ticket?: QueryTicket): void {
-    const to = this.out.length;
-    const key = addrKey(k.local.addr);
-    const cancel = (): void => {
-      for (let i = from; i < to; i++) this.out[i] = () => undefined;
-      if (!ticket) return;
-      ticket.withdrawn = true;
-      if (ticket.queryId !== undefined) this.dropQuery(ticket.queryId);
-    };
-    const list = this.batchRequests.get(key);
-    if (list) list.push(cancel);
-    else this.batchRequests.set(key, [cancel]);
+  private trackRequest(k: Extract<KernelMessage, { op: 'add' | 'query' }>, from: number, q?: PendingQuery): void {
+    const i = this.batchCount++;
+    this.batchLocal[i] = k.local.addr;
+    this.batchFrom[i] = from;
+    this.batchTo[i] = this.out.length;
+    this.batchQuery[i] = q;
   }
 
   /**
@@ -593,13 +642,22 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
    * after the kernel's 10 s). Its answer would be late, so it is withdrawn.
    */
   private withdrawRequests(k: Extract<KernelMessage, { op: 'remove' }>): void {
-    const key = addrKey(k.local.addr);
-    const list = this.batchRequests.get(key);
-    if (!list) return;
-    this.batchRequests.delete(key);
-    for (const cancel of list) cancel();
-    this.counters.lateDropped += list.length;
-    this.warn('withdraw', `REMOVE ${formatAddr(k.local.addr)} follows its own request in one read: the kernel gave up on it; not answering`);
+    const local = k.local.addr;
+    let n = 0;
+    for (let i = 0; i < this.batchCount; i++) {
+      const l = this.batchLocal[i];
+      if (l === undefined || !sameAddr(l, local)) continue;
+      this.batchLocal[i] = undefined;
+      n++;
+      for (let j = this.batchFrom[i]!; j < this.batchTo[i]!; j++) this.out[j] = undefined;
+      const q = this.batchQuery[i];
+      if (q === undefined) continue;
+      q.withdrawn = true;
+      if (q.id !== 0) this.dropQuery(q.id);
+    }
+    if (n === 0) return;
+    this.counters.lateDropped += n;
+    this.warn('withdraw', `REMOVE ${formatAddr(local)} follows its own request in one read: the kernel gave up on it; not answering`);
   }
 
   private onRemove(k: Extract<KernelMessage, { op: 'remove' }>): void {
@@ -676,9 +734,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     } else if (k.sendNum > 0) {
       this.deps.log.info(`MAPINFO replay: all ${k.sendNum} records recovered`);
     }
-    this.reply(k.client, RDMA_NL_IWPM_MAPINFO_NUM, (h) =>
-      encodeMapinfoNumReply(h, k.client, { kernelSeq: k.header.seq, sendNum: k.sendNum, ackNum }),
-    );
+    const h = this.header(k.client, RDMA_NL_IWPM_MAPINFO_NUM);
+    this.out.push(encodeMapinfoNumReply(h, k.client, { kernelSeq: k.header.seq, sendNum: k.sendNum, ackNum }));
   }
 
   // ---------------------------------------------------------------------------
@@ -701,15 +758,27 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     source: Mapping['source'],
     mappedPort: number,
   ): Mapping {
+    // A mapping may live as long as its connection: its bytes (the kernel's local address,
+    // the mapped address, the IP) get a block of their own, away from short-lived messages.
+    const block = this.mappingBytes.alloc(MAPPING_BLOCK);
+    const localRaw = block.subarray(0, SOCKADDR_STORAGE_SIZE);
+    localRaw.fill(0);
+    local.raw.copy(localRaw, 0, 0, SOCKADDR_STORAGE_SIZE);
+    const a = local.addr;
+    const ip = block.subarray(2 * SOCKADDR_STORAGE_SIZE, 2 * SOCKADDR_STORAGE_SIZE + a.ip.length);
+    a.ip.copy(ip);
+    const own: SockAddr = { family: a.family, port: a.port, ip, flowinfo: a.flowinfo, scopeId: a.scopeId };
     // Built from zeroed bytes: family, IP, flowinfo and scope id of the local address, the mapped port.
-    const mapped = withPort(local.addr, mappedPort);
-    const raw = encodeSockaddr(mapped);
+    const mapped = withPort(own, mappedPort);
+    const mappedRaw = block.subarray(SOCKADDR_STORAGE_SIZE, 2 * SOCKADDR_STORAGE_SIZE);
+    mappedRaw.fill(0);
+    writeSockaddr(mappedRaw, 0, mapped);
     return {
       id: this.table.newId(),
-      local: local.addr,
-      localRaw: local.raw,
+      local: own,
+      localRaw,
       mapped,
-      mappedRaw: raw,
+      mappedRaw,
       wildcard: isWildcard(local.addr),
       ownerClient: client,
       refCount: 1,
@@ -755,6 +824,11 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     const after = this.afterReserve;
     this.afterReserve = [];
     for (const f of after) f();
+    const waiting = this.awaitingPort;
+    if (waiting.length > 0) {
+      this.awaitingPort = [];
+      for (const q of waiting) this.startQuery(q);
+    }
   }
 
   private settle(m: Mapping, r: { fd: number; port: number; errno: number }, how: 'reserve' | 'reopen'): void {
@@ -762,8 +836,11 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       m.fd = r.fd;
       m.state = 'bound';
       if (how === 'reserve') {
+        // the mapped address changes only its port: rewrite it in place
         const mapped = withPort(m.local, r.port);
-        this.table.setMapped(m, mapped, encodeSockaddr(mapped));
+        m.mappedRaw.fill(0);
+        writeSockaddr(m.mappedRaw, 0, mapped);
+        this.table.setMapped(m, mapped, m.mappedRaw);
       }
       return;
     }
@@ -796,9 +873,15 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       this.counters.repliesSent += datagrams.length;
       this.deps.sendToKernel(datagrams);
     }
-    const after = this.afterFlush;
-    this.afterFlush = [];
-    for (const f of after) f();
+    const start = this.toStart;
+    const peer = this.peer;
+    if (start.length > 0 && peer) {
+      this.toStart = [];
+      // A REMOVE later in the same batch may have cancelled one already.
+      for (const q of start) {
+        if (this.queries.get(q.id) === q) peer.startQuery({ id: q.id, local: q.local, mapped: q.mapping.mapped, remote: q.remote.addr });
+      }
+    }
   }
 
   // ---------------------------------------------------------------------------
@@ -866,21 +949,19 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       );
     }
     const r = { seqAttr: q.kernelSeq, local: q.localRaw, remote: q.remote.raw, mappedLocal: q.mapping.mappedRaw, mappedRemote, err };
-    this.out.push(this.msg(q.client, RDMA_NL_IWPM_QUERY_MAPPING, (h) => encodeQueryReply(h, q.client, r)));
+    this.out.push(encodeQueryReply(this.header(q.client, RDMA_NL_IWPM_QUERY_MAPPING), q.client, r));
   }
 
   remoteInfo(info: RemoteInfo): void {
     this.counters.remoteInfoSent++;
     const client = info.ownerClient;
     this.out.push(
-      this.msg(client, RDMA_NL_IWPM_REMOTE_INFO, (h) =>
-        encodeRemoteInfo(h, client, {
-          local: info.localRaw,
-          remote: info.remote,
-          mappedLocal: info.mappedLocalRaw,
-          mappedRemote: info.mappedRemote,
-        }),
-      ),
+      encodeRemoteInfo(this.header(client, RDMA_NL_IWPM_REMOTE_INFO), client, {
+        local: info.localRaw,
+        remote: info.remote,
+        mappedLocal: info.mappedLocalRaw,
+        mappedRemote: info.mappedRemote,
+      }),
     );
     if (this.eventDepth === 0) this.finishBatch();
   }
@@ -898,22 +979,35 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   // ---------------------------------------------------------------------------
   // Output helpers
 
-  /** Build a daemon message with this client's next header seq; remembers the op for DONE attribution. */
-  private msg(client: number, op: number, build: (h: { seq: number; pid: number }) => Buffer): Buffer {
+  /**
+   * The header of our next message to `client` (its next seq; our port id), remembering
+   * the op for DONE attribution. One object reused for every message: encode at once.
+   */
+  private header(client: number, op: number): DaemonHeader {
     const seq = this.clients.takeSeq(client);
-    if (this.sentOps.size >= SENT_MEMORY) this.sentOps.clear();
-    this.sentOps.set(seq, op);
-    return build({ seq, pid: this.deps.portId });
+    const slot = seq & (SENT_MEMORY - 1);
+    this.sentSeq[slot] = seq;
+    this.sentOp[slot] = op + 1;
+    const h = this.hdr;
+    h.seq = seq;
+    h.pid = this.deps.portId;
+    return h;
   }
 
-  private reply(client: number, op: number, build: (h: { seq: number; pid: number }) => Buffer): void {
-    this.out.push(this.msg(client, op, build));
+  /** The op we sent with header seq `seq` (forgotten once asked for), if still remembered. */
+  private takeSentOp(seq: number): number | undefined {
+    const slot = seq & (SENT_MEMORY - 1);
+    const op = this.sentOp[slot]!;
+    if (op === 0 || this.sentSeq[slot] !== seq >>> 0) return undefined;
+    this.sentOp[slot] = 0;
+    return op - 1;
   }
+
 
   private errMsg(client: number, errSeq: number, code: number): Buffer {
     const name = ERROR_NAMES[code] ?? String(code);
     this.counters.handleErrSent[name] = (this.counters.handleErrSent[name] ?? 0) + 1;
-    return this.msg(client, RDMA_NL_IWPM_HANDLE_ERR, (h) => encodeHandleErr(h, client, errSeq, code));
+    return encodeHandleErr(this.header(client, RDMA_NL_IWPM_HANDLE_ERR), client, errSeq, code);
   }
 
   private handleErr(client: number, errSeq: number, code: number): void {
@@ -960,11 +1054,6 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   get pendingQueries(): number {
     return this.queries.size;
   }
-}
-
-interface QueryTicket {
-  withdrawn: boolean;
-  queryId?: number;
 }
 
 export interface MappingInfo {

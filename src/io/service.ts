@@ -192,17 +192,8 @@ export class Service {
     if (this.stopped) return;
     if (batch.overruns > 0 || batch.errors.length > 0) this.daemon.noteReceiveTrouble(batch.overruns, batch.errors);
     if (batch.count === 0) return;
-    const list = new Array(batch.count);
-    for (let i = 0; i < batch.count; i++) {
-      const off = batch.offsets[i]!;
-      list[i] = {
-        data: batch.data.subarray(off, off + batch.lengths[i]!),
-        sender: batch.senders[i]!,
-        truncated: batch.truncated[i] === 1,
-      };
-    }
     try {
-      this.daemon.onBatch(list);
+      this.daemon.onPackedBatch(batch);
     } catch (e) {
       // Never die on input: log and keep serving.
       this.opts.log.error(`internal error while handling a netlink batch: ${(e as Error).stack ?? e}`);

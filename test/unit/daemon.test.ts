@@ -17,8 +17,8 @@ import {
   nlType,
 } from '../../src/codec/iwpm.js';
 import { encodeDone, encodeMessage, u32 } from '../../src/codec/netlink.js';
-import { encodeSockaddr } from '../../src/codec/sockaddr.js';
-import { HELLO_ATTEMPTS, HELLO_RETRY_MS, IwpmDaemon, STALL_DROP_MS } from '../../src/core/daemon.js';
+import { decodeSockaddr, encodeSockaddr, formatAddr } from '../../src/codec/sockaddr.js';
+import { HELLO_ATTEMPTS, HELLO_RETRY_MS, IwpmDaemon, type PackedDatagrams, STALL_DROP_MS } from '../../src/core/daemon.js';
 import { MemoryLogger } from '../../src/core/log.js';
 import type { PeerPort, QueryStart } from '../../src/core/peer-api.js';
 import { type PortRange, PortReserver } from '../../src/core/ports.js';
@@ -91,9 +91,13 @@ function harness(o: HarnessOptions = {}) {
     pendingCalls(): number {
       return sends.length - seen;
     },
-    /** One receive batch, one kernel datagram per argument. */
+    /**
+     * One receive batch, one kernel datagram per argument, packed as the addon delivers
+     * it (back to back in one buffer; here with filler bytes around each, so every
+     * datagram sits at an offset and its neighbours are not part of it).
+     */
     feed(...dgs: Buffer[]): void {
-      d.onBatch(dgs.map((data) => ({ data, sender: kernelPortId, truncated: false })));
+      d.onPackedBatch(pack(dgs, kernelPortId));
     },
     /** feed() then take(). */
     batch(...dgs: Buffer[]): DaemonMessage[] {
@@ -104,6 +108,24 @@ function harness(o: HarnessOptions = {}) {
   return h;
 }
 type H = ReturnType<typeof harness>;
+
+/** Datagrams as one packed batch: each behind 5 bytes of 0xee filler, all from `sender`. */
+function pack(dgs: Buffer[], sender: number, truncated: number[] = []): PackedDatagrams {
+  const parts: Buffer[] = [];
+  const offsets = new Uint32Array(dgs.length);
+  const lengths = new Uint32Array(dgs.length);
+  let off = 0;
+  dgs.forEach((dg, i) => {
+    parts.push(Buffer.alloc(5, 0xee), dg);
+    offsets[i] = off + 5;
+    lengths[i] = dg.length;
+    off += 5 + dg.length;
+  });
+  parts.push(Buffer.alloc(5, 0xee));
+  const t = new Uint8Array(dgs.length);
+  for (const i of truncated) t[i] = 1;
+  return { count: dgs.length, data: Buffer.concat(parts), offsets, lengths, senders: new Uint32Array(dgs.length).fill(sender), truncated: t };
+}
 
 // Kernel messages.
 const kHello = (seq: number, abi: number) => encodeKernelHello({ seq }, abi);
@@ -840,6 +862,46 @@ describe('invalid and unknown messages', () => {
     h.d.onBatch([{ data: kRegPid(71), sender: 0, truncated: true }]);
     expect(h.take()).toMatchObject([{ op: 'rreg_pid', kernelSeq: 71 }]);
     expect(h.d.counters.truncated).toBe(1);
+  });
+});
+
+describe('packed batches', () => {
+  it('each datagram is read within its own bounds, with its own sender and truncation flag', () => {
+    const h = harness();
+    ready(h, 4);
+    const b = pack([kRegPid(72), kAdd(2, raw('10.0.0.1', 5001)), kRegPid(73)], 0, [2]);
+    b.senders[1] = 4321;
+    h.d.onPackedBatch(b);
+    expect(h.take()).toMatchObject([
+      { op: 'rreg_pid', kernelSeq: 72 },
+      { op: 'rreg_pid', kernelSeq: 73 },
+    ]);
+    expect(h.d.counters.droppedForeign).toBe(1);
+    expect(h.d.counters.truncated).toBe(1);
+    expect(h.d.table.size).toBe(0);
+  });
+
+  it('a mapping keeps its own copies of its addresses: reusing the batch memory changes nothing', () => {
+    const h = harness();
+    ready(h, 4);
+    const b = pack([kAdd(5, raw('10.0.0.9', 6000)), kQuery(6, raw('10.0.0.9', 6001), raw('10.0.0.7', 7000))], 0);
+    h.d.onPackedBatch(b);
+    h.take();
+    b.data.fill(0xff);
+    const pool = Buffer.allocUnsafe(1).buffer;
+    const maps = h.d.table.list();
+    expect(maps).toHaveLength(2);
+    for (const m of maps) {
+      for (const bytes of [m.localRaw, m.mappedRaw, m.local.ip, m.mapped.ip]) {
+        expect(bytes.buffer).not.toBe(b.data.buffer);
+        // not Node's shared pool either, whose slab short-lived messages share
+        expect(bytes.buffer).not.toBe(pool);
+      }
+      expect(decodeSockaddr(m.localRaw)).toEqual({ ok: true, addr: m.local });
+      expect(decodeSockaddr(m.mappedRaw)).toEqual({ ok: true, addr: m.mapped });
+    }
+    expect(maps.map((m) => formatAddr(m.local)).sort()).toEqual(['10.0.0.9:6000', '10.0.0.9:6001']);
+    expect(maps.every((m) => m.mapped.port !== 0 && m.state === 'bound')).toBe(true);
   });
 });
 

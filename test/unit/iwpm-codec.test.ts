@@ -12,6 +12,7 @@ import {
   clientOf,
   decodeDaemonAttrs,
   decodeKernelMessage,
+  decodeKernelMessageAt,
   encodeHandleErr,
   encodeHello,
   encodeKernelAdd,
@@ -30,7 +31,7 @@ import {
   nlType,
   opOf,
 } from '../../src/codec/iwpm.js';
-import { type NlMessage, encodeDone, encodeMessage, readHeader, splitMessages } from '../../src/codec/netlink.js';
+import { type NlMessage, encodeDone, encodeMessage, messageLengthAt, readHeader, splitMessages } from '../../src/codec/netlink.js';
 import { type DaemonMessage, decodeDaemon, hex, kernelNulStringOk, one, prng, raw, sa } from './helpers.js';
 
 const wa = (ip: string, port: number, extra: { flowinfo?: number; scopeId?: number } = {}) => ({
@@ -297,6 +298,29 @@ describe('kernel → daemon golden messages', () => {
       expect(decodeKernelMessage(one(c.raw))).toEqual(c.value);
     });
   }
+
+  it('decoded in place inside a larger buffer (decodeKernelMessageAt): the same value, nothing read outside', () => {
+    for (const c of K) {
+      const buf = Buffer.concat([Buffer.alloc(9, 0xa5), c.raw, Buffer.alloc(7, 0x5a)]);
+      expect(messageLengthAt(buf, 9, 9 + c.raw.length)).toBe(c.raw.length);
+      const v = decodeKernelMessageAt(buf, 9, c.raw.length);
+      expect(v).toEqual(c.value);
+      // what the daemon keeps is copied, not a view into the datagram
+      buf.fill(0xff);
+      expect(v).toEqual(c.value);
+    }
+  });
+
+  it('messageLengthAt: the reasons of splitMessages, at any offset', () => {
+    const m = K[0]!.raw;
+    const buf = Buffer.concat([Buffer.alloc(3), m]);
+    expect(messageLengthAt(buf, 3, buf.length)).toBe(m.length);
+    expect(messageLengthAt(buf, 3, buf.length - 1)).toMatch(/exceeds the/);
+    expect(messageLengthAt(buf, 3, 3 + 15)).toMatch(/trailing 15 bytes shorter than a netlink header/);
+    const tiny = Buffer.from(m);
+    tiny.writeUInt32LE(15, 0);
+    expect(messageLengthAt(tiny, 0, tiny.length)).toMatch(/nlmsg_len 15 smaller/);
+  });
 
   it('several MAPINFO records and the bare DONE packed in one datagram', () => {
     const recs = [5000, 5001, 5002].map((p) => encodeKernelMapinfo({ local: raw('10.0.0.1', p), mapped: raw('10.0.0.1', p + 30000), flags: 0 }));
