@@ -54,10 +54,15 @@ export interface PortReserverStats {
 
 export class PortReserver {
   private readonly range?: PortRange;
-  private readonly reserved: ReadonlySet<number>;
+  /** 1 for each port of ip_local_reserved_ports. */
+  private readonly reserved = new Uint8Array(65536);
+  private reservedCount = 0;
   private cursor: number;
-  /** Ports held by our own sockets (any family), with how many sockets hold each. */
-  private readonly held = new Map<number, number>();
+  /** Ports held by our own sockets (any family): how many sockets hold each. */
+  private readonly held = new Uint32Array(65536);
+  /** Candidates already given out in the current round of reserve(): inRound[p] === round. */
+  private readonly inRound = new Uint32Array(65536);
+  private roundId = 0;
   readonly stats: PortReserverStats = { bindCalls: 0, probesFailed: 0, fallbacks: 0, exhausted: 0, held: 0 };
 
   constructor(
@@ -66,18 +71,27 @@ export class PortReserver {
   ) {
     const r = opts.range;
     this.range = r && r.low >= 1 && r.high >= r.low && r.high <= 65535 ? r : undefined;
-    this.reserved = opts.reserved ?? new Set();
+    for (const p of opts.reserved ?? []) {
+      if (Number.isInteger(p) && p >= 0 && p <= 65535 && this.reserved[p] === 0) {
+        this.reserved[p] = 1;
+        this.reservedCount++;
+      }
+    }
     this.cursor = this.range ? clamp(opts.start ?? this.range.low, this.range) : 0;
   }
 
-  /** Next candidate from the range, skipping reserved ports, ports we hold and `exclude`. */
-  private nextCandidate(exclude: Set<number>): number {
+  /** Next candidate from the range, skipping reserved ports, ports we hold and those given out this round. */
+  private nextCandidate(): number {
     const r = this.range!;
     const size = r.high - r.low + 1;
+    const round = this.roundId;
     for (let i = 0; i < size; i++) {
       const p = this.cursor;
       this.cursor = p >= r.high ? r.low : p + 1;
-      if (!this.reserved.has(p) && !this.held.has(p) && !exclude.has(p)) return p;
+      if (this.reserved[p] === 0 && this.held[p] === 0 && this.inRound[p] !== round) {
+        this.inRound[p] = round;
+        return p;
+      }
     }
     return 0; // nothing left to try explicitly: the kernel decides
   }
@@ -92,13 +106,9 @@ export class PortReserver {
     let round = 0;
     while (pending.length > 0) {
       const fallback = !this.range || round >= MAX_PROBES;
-      const inFlight = new Set<number>();
+      this.newRound();
       const ports = new Uint16Array(pending.length);
-      pending.forEach((_, j) => {
-        const p = fallback ? 0 : this.nextCandidate(inFlight);
-        ports[j] = p;
-        if (p !== 0) inFlight.add(p);
-      });
+      for (let j = 0; j < pending.length; j++) ports[j] = fallback ? 0 : this.nextCandidate();
       if (fallback && this.range) this.stats.fallbacks += pending.length;
       const fams = Uint8Array.from(pending.map((i) => families[i]!));
       const res = this.binder.reservePorts(fams, ports);
@@ -156,20 +166,27 @@ export class PortReserver {
     for (const x of fds) this.unhold(x.port);
   }
 
+  /** A fresh round id for inRound (the table is cleared when the ids wrap). */
+  private newRound(): void {
+    if (++this.roundId > 0xfffffffe) {
+      this.inRound.fill(0);
+      this.roundId = 1;
+    }
+  }
+
   private hold(port: number): void {
-    this.held.set(port, (this.held.get(port) ?? 0) + 1);
+    this.held[port]!++;
     this.stats.held++;
   }
 
   private unhold(port: number): void {
-    const n = this.held.get(port) ?? 0;
-    if (n <= 1) this.held.delete(port);
-    else this.held.set(port, n - 1);
+    if (this.held[port]! === 0) return;
+    this.held[port]!--;
     this.stats.held--;
   }
 
   describe(): { range?: PortRange; reservedCount: number; held: number } {
-    return { range: this.range, reservedCount: this.reserved.size, held: this.stats.held };
+    return { range: this.range, reservedCount: this.reservedCount, held: this.stats.held };
   }
 }
 

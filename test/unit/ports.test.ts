@@ -190,6 +190,22 @@ describe('reopen (MAPINFO recovery) and release', () => {
     expect(r.reserve([2, 2]).map((o) => o.port).sort()).toEqual([40000, 40001]);
   });
 
+  it('releasing a port that is not held changes nothing (no underflow of the count)', () => {
+    const b = new FakePortBinder();
+    const r = new PortReserver(b, { range: { low: 40000, high: 40002 } });
+    const [x] = r.reserve([2]);
+    expect(x!.port).toBe(40000);
+    r.release([x!]);
+    r.release([{ fd: 999, port: 40000 }]); // released twice: no longer held
+    expect(r.stats.held).toBe(0);
+    expect(r.reserve([2, 2]).map((o) => o.port)).toEqual([40001, 40002]);
+    expect(r.stats.held).toBe(2);
+    r.release([{ fd: 998, port: 40000 }]);
+    expect(r.stats.held).toBe(2);
+    // the cursor wraps to 40000, which is free: held ports 40001/40002 are skipped
+    expect(r.reserve([2]).map((o) => o.port)).toEqual([40000]);
+  });
+
   it('release falls back to closeFds for a binder without releaseFds', () => {
     const fake = new FakePortBinder();
     const calls: string[] = [];
