@@ -86,6 +86,40 @@ function putIp(out: Buffer, offset: number, ip: Buffer, v: IpVersion): void {
   ip.copy(out, offset, 0, ipLen(v));
 }
 
+/** An address as the writers below need it (SockAddr fits). */
+export interface WireAddr {
+  /** 4 bytes (IPv4) or 16 bytes (IPv6). */
+  ip: Uint8Array;
+  port: number;
+}
+
+/** ip's first n bytes at out[off], zeros up to 16 bytes. */
+function putIp16(out: Buffer, off: number, ip: Uint8Array, n: number): void {
+  for (let i = 0; i < n; i++) out[off + i] = ip[i]!;
+  for (let i = n; i < 16; i++) out[off + i] = 0;
+}
+
+/**
+ * A REQ written into out[0, 64) (whatever it held): the bytes encodePeerMessage makes of
+ * a REQ with pmtime 0, handle `hi << 32 | lo` (unsigned 32-bit halves), connecting peer
+ * `cp`, accepting peer `ap` and the connecting peer's mapped address `mappedCp` (its
+ * port goes in `reserved`). No message object, no BigInt.
+ */
+export function writePeerReq(out: Buffer, ipVersion: IpVersion, hi: number, lo: number, cp: WireAddr, ap: WireAddr, mappedCp: WireAddr): Buffer {
+  const n = ipLen(ipVersion);
+  out[0] = (PM_PROTOCOL_VERSION << VER_SHIFT) | (PM_MSG_REQ << MT_SHIFT) | ipVersion;
+  out[1] = 0;
+  out.writeUInt16BE(mappedCp.port & 0xffff, 2);
+  out.writeUInt16BE(ap.port & 0xffff, 4);
+  out.writeUInt16BE(cp.port & 0xffff, 6);
+  out.writeUInt32BE(hi >>> 0, 8);
+  out.writeUInt32BE(lo >>> 0, 12);
+  putIp16(out, 16, cp.ip, n);
+  putIp16(out, 32, ap.ip, n);
+  putIp16(out, 48, mappedCp.ip, n);
+  return out;
+}
+
 /** Encode into a fresh buffer: 64 bytes for REQ, 48 for the others. */
 export function encodePeerMessage(m: PeerMessage): Buffer {
   // pooled, zeroed by hand (Buffer.alloc makes an ArrayBuffer per call)
@@ -166,12 +200,11 @@ export const WIRE_REJECT_KINDS: readonly WireRejectKind[] = ['length', 'reqLengt
 /**
  * The checks of decodePeerMessage without decoding anything (no allocation): returns
  * `(type << 4) | ipVersion` for an acceptable datagram, or `-(1 + i)` where
- * WIRE_REJECT_KINDS[i] says why not.
+ * WIRE_REJECT_KINDS[i] says why not. The datagram is b[off, off + len) (default: all of b).
  */
-export function classifyPeerDatagram(b: Uint8Array): number {
-  const len = b.length;
+export function classifyPeerDatagram(b: Uint8Array, off = 0, len = b.length - off): number {
   if (len !== PM_MESSAGE_SIZE && len !== PM_REQ_SIZE) return -1;
-  const magic = b[0]!;
+  const magic = b[off]!;
   if (magic >> VER_SHIFT !== PM_PROTOCOL_VERSION) return -3;
   const ipv = magic & IPVER_MASK;
   if (ipv !== 4 && ipv !== 6) return -4;
@@ -192,14 +225,24 @@ export function replyFromRaw(
   /** Where to write the 48 bytes (default: a new pooled buffer). */
   out: Buffer = Buffer.allocUnsafe(PM_MESSAGE_SIZE),
 ): Buffer {
-  out.set(received.subarray(0, PM_MESSAGE_SIZE));
-  const ipv = received[0]! & IPVER_MASK;
+  return writeReply(out, received, 0, type, ap?.ip, ap?.port ?? 0);
+}
+
+/**
+ * replyFromRaw without an argument object: the reply to the datagram at received[off]
+ * written into out[0, 48). apIp (4 or 16 bytes, as the datagram's IP version) replaces
+ * apipaddr and apPort apport when apIp is given. received and out must not overlap.
+ */
+export function writeReply(out: Buffer, received: Uint8Array, off: number, type: PeerReply['type'], apIp?: Uint8Array, apPort = 0): Buffer {
+  for (let i = 0; i < PM_MESSAGE_SIZE; i++) out[i] = received[off + i]!;
+  const ipv = received[off]! & IPVER_MASK;
   out[0] = (PM_PROTOCOL_VERSION << VER_SHIFT) | (type << MT_SHIFT) | ipv;
   out[2] = 0;
   out[3] = 0;
-  if (ap) {
-    out.writeUInt16BE(ap.port & 0xffff, 4);
-    ap.ip.copy(out, 32, 0, ipv === 4 ? 4 : 16);
+  if (apIp !== undefined) {
+    out.writeUInt16BE(apPort & 0xffff, 4);
+    const n = Math.min(ipv === 4 ? 4 : 16, apIp.length);
+    for (let i = 0; i < n; i++) out[32 + i] = apIp[i]!;
   }
   if (ipv === 4) {
     out.fill(0, 20, 32);

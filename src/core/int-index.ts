@@ -100,3 +100,62 @@ export class IntIndex {
     }
   }
 }
+
+/**
+ * A map from 32-bit integer keys to objects: an IntIndex from key to a slot of a value
+ * array, free slots on a stack. For live conversations keyed by handle: unlike a JS Map
+ * under steady insert/delete churn, it allocates nothing once grown (it never shrinks).
+ * Iteration order is not insertion order (there is no iteration).
+ */
+export class IntMap<T> {
+  private readonly index = new IntIndex();
+  private readonly values: (T | undefined)[] = [];
+  /** Free slots of `values` (a stack of freeCount entries). */
+  private free = new Int32Array(64);
+  private freeCount = 0;
+
+  get size(): number {
+    return this.index.size;
+  }
+
+  get(key: number): T | undefined {
+    const s = this.index.get(key);
+    return s < 0 ? undefined : this.values[s];
+  }
+
+  has(key: number): boolean {
+    return this.index.has(key);
+  }
+
+  /** Insert or overwrite. */
+  set(key: number, value: T): void {
+    const s = this.index.get(key);
+    if (s >= 0) {
+      this.values[s] = value;
+      return;
+    }
+    const slot = this.freeCount > 0 ? this.free[--this.freeCount]! : this.values.length;
+    this.values[slot] = value;
+    this.index.set(key, slot);
+  }
+
+  delete(key: number): boolean {
+    const s = this.index.get(key);
+    if (s < 0) return false;
+    this.index.delete(key);
+    this.values[s] = undefined;
+    if (this.freeCount === this.free.length) {
+      const bigger = new Int32Array(this.free.length * 2);
+      bigger.set(this.free);
+      this.free = bigger;
+    }
+    this.free[this.freeCount++] = s;
+    return true;
+  }
+
+  clear(): void {
+    this.index.clear();
+    this.values.length = 0;
+    this.freeCount = 0;
+  }
+}

@@ -21,7 +21,10 @@ export interface ListenerView {
   ownerClient: number;
 }
 
-/** What the peer side may ask of the mapping table. */
+/**
+ * What the peer side may ask of the mapping table. `addr` is valid only during the call:
+ * the peer side reuses the object (and its IP bytes) for the next lookup.
+ */
 export interface MappingLookup {
   /** Passive side, on REQ: fuzzy lookup of `apipaddr:apport` against local addresses. */
   findListener(addr: SockAddr): ListenerView | undefined;

@@ -288,18 +288,19 @@ export class Lingering {
     this.lo[i] = lo;
     this.wirePort[i] = wirePort;
     this.wireLen[i] = wireIp.length;
-    this.wireIp.set(wireIp.subarray(0, 16), 16 * i);
+    // byte loops, not set(subarray): no view object per entry
+    copyInto(this.wireIp, 16 * i, wireIp, Math.min(wireIp.length, 16));
     const raw = peer.raw;
     if (raw !== undefined) {
       this.peerLen[i] = raw.length;
-      this.peerIp.set(raw.subarray(0, 16), 16 * i);
+      copyInto(this.peerIp, 16 * i, raw, Math.min(raw.length, 16));
       this.peerScope[i] = peer.scopeId ?? 0;
       if (this.peerText[i] !== undefined) this.peerText[i] = undefined;
     } else {
       this.peerLen[i] = 0;
       this.peerText[i] = peer.ip;
     }
-    this.acc.set(acc.subarray(0, 48), 48 * i);
+    copyInto(this.acc, 48 * i, acc, Math.min(acc.length, 48));
     this.until[i] = untilMs;
     const s = this.seqNext++;
     this.seq[i] = s;
@@ -348,7 +349,9 @@ export class Lingering {
 
   /** A copy of the entry's ACC. */
   accCopy(i: number, out: Buffer): Buffer {
-    out.set(this.acc.subarray(48 * i, 48 * i + 48));
+    const a = this.acc;
+    const o = 48 * i;
+    for (let k = 0; k < 48; k++) out[k] = a[o + k]!;
     return out;
   }
 
@@ -385,4 +388,9 @@ export class Lingering {
     this.head = (this.head + 1) % this.keys.length;
     this.count--;
   }
+}
+
+/** src[0, n) to dst[off, off + n). */
+function copyInto(dst: Uint8Array, off: number, src: Uint8Array, n: number): void {
+  for (let k = 0; k < n; k++) dst[off + k] = src[k]!;
 }

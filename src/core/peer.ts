@@ -38,13 +38,15 @@ import {
   PM_MSG_ACK,
   PM_MSG_REJ,
   PM_MSG_REQ,
+  PM_REQ_SIZE,
   PM_TYPE_NAMES,
   WIRE_REJECT_KINDS,
   classifyPeerDatagram,
   decodePeerMessage,
-  encodePeerMessage,
-  replyFromRaw,
+  writePeerReq,
+  writeReply,
 } from '../codec/wire.js';
+import { IntMap } from './int-index.js';
 import { LogLimiter, type Logger, nullLogger } from './log.js';
 import { AckTrackers, Lingering, Quarantine } from './peer-tables.js';
 import type { MappingLookup, PeerEvents, PeerPort, QueryOutcome, QueryStart } from './peer-api.js';
@@ -158,16 +160,28 @@ export interface PeerEndpoint {
  * A source address as a transport receives it: bytes, port and scope id. The text form
  * (`ip`) is only made when something asks for it (logs, rate-limit keys of non-loopback
  * peers), so the hot path formats no strings.
+ *
+ * A transport may use one RawEndpoint for every datagram it receives: it rewrites the
+ * bytes of `raw` and calls `reuse` before each receive (the engine copies what it keeps).
  */
 export class RawEndpoint implements PeerEndpoint {
   private text: string | undefined;
   constructor(
     readonly family: 4 | 6,
-    /** 4 or 16 bytes; the engine may keep the object, so the bytes must not be reused. */
+    /** 4 or 16 bytes. */
     readonly raw: Buffer,
-    readonly port: number,
-    readonly scopeId: number = 0,
+    /** Changed only by reuse(). */
+    public port: number,
+    public scopeId: number = 0,
   ) {}
+
+  /** The next datagram's source: `raw` already holds its bytes; port and scope id as given. */
+  reuse(port: number, scopeId: number): this {
+    this.port = port;
+    this.scopeId = scopeId;
+    this.text = undefined;
+    return this;
+  }
 
   get ip(): string {
     if (this.text === undefined) {
@@ -179,16 +193,41 @@ export class RawEndpoint implements PeerEndpoint {
 }
 
 /**
+ * Where a query's REQs go: the kernel's remote IP (its bytes, not copied), our peer port
+ * and, for IPv6, the kernel's scope id. The text form (logs, failure reasons; no zone,
+ * as formatIp spells it) is made only when asked for.
+ */
+class ReqDest implements PeerEndpoint {
+  private text: string | undefined;
+  constructor(
+    readonly family: 4 | 6,
+    readonly raw: Buffer,
+    readonly port: number,
+    readonly scopeId: number,
+  ) {}
+
+  get ip(): string {
+    return (this.text ??= formatIp({ family: this.family === 4 ? AF_INET : AF_INET6, ip: this.raw }));
+  }
+}
+
+/**
  * Send one datagram. `via` is the id of the socket a request arrived on (replies go out
  * of it); undefined means "the client socket of dest's family". Returns false when it
  * cannot be sent at all (no socket for that family); later errors are the io's business.
+ * `dest` may be a transport's reused source endpoint: read it during the call, don't keep
+ * it. `bytes` stays unchanged (the engine may send the same buffer again later).
  */
 export type PeerSend = (dest: PeerEndpoint, bytes: Buffer, via?: number) => boolean;
 
 export interface PeerEngineDeps {
   now(): number;
-  /** Uniformly random unsigned 64-bit values (a CSPRNG in production). */
-  random64(): bigint;
+  /**
+   * A random 64-bit handle as two halves: fills out[0] (high 32 bits) and out[1] (low 32
+   * bits) with uniformly random values (a CSPRNG in production: cryptoHandleSource in
+   * io/udp.ts). The engine itself skips 0 and handles it still remembers.
+   */
+  randomHandle(out: Uint32Array): void;
   send: PeerSend;
   events: PeerEvents;
   lookup: MappingLookup;
@@ -301,8 +340,7 @@ interface Timed {
 interface QueryConv extends Timed {
   kind: 'query';
   id: number;
-  handle: bigint;
-  /** The handle's high and low 32 bits, and its table key (handleKey). */
+  /** The handle's high and low 32 bits (unsigned), and its table key (handleKey). */
   hi: number;
   lo: number;
   key: number;
@@ -343,28 +381,35 @@ interface AcceptConv extends Timed {
   giveUpAtMs: number;
   nextSendAtMs: number;
   intervalMs: number;
+  /** The next conversation under the same handle key (in the order they began). */
+  nextSameKey: AcceptConv | undefined;
 }
 
 type Conv = QueryConv | AcceptConv;
 
-/** Binary min-heap on dueAtMs; conversations know their position, so removal is O(log n). */
+/**
+ * Binary min-heap on dueAtMs; conversations know their position, so removal is O(log n).
+ * The array only grows (entries past `n` are cleared, not popped): a shrinking array is
+ * trimmed by V8 and reallocated as it grows again, with every burst of conversations.
+ */
 class DeadlineHeap {
-  private readonly a: Conv[] = [];
+  private readonly a: (Conv | undefined)[] = [];
+  private n = 0;
 
   get size(): number {
-    return this.a.length;
+    return this.n;
   }
 
   peek(): Conv | undefined {
-    return this.a[0];
+    return this.n > 0 ? this.a[0] : undefined;
   }
 
   /** Insert, or move after dueAtMs changed. */
   set(c: Conv, dueAtMs: number): void {
     c.dueAtMs = dueAtMs;
     if (c.heapPos < 0) {
-      c.heapPos = this.a.length;
-      this.a.push(c);
+      c.heapPos = this.n;
+      this.a[this.n++] = c;
     }
     this.up(c.heapPos);
     this.down(c.heapPos);
@@ -374,7 +419,8 @@ class DeadlineHeap {
     const i = c.heapPos;
     if (i < 0) return;
     c.heapPos = -1;
-    const last = this.a.pop()!;
+    const last = this.a[--this.n]!;
+    this.a[this.n] = undefined;
     if (last === c) return;
     this.a[i] = last;
     last.heapPos = i;
@@ -383,8 +429,9 @@ class DeadlineHeap {
   }
 
   clear(): void {
-    for (const c of this.a) c.heapPos = -1;
+    for (let i = 0; i < this.n; i++) this.a[i]!.heapPos = -1;
     this.a.length = 0;
+    this.n = 0;
   }
 
   private up(i: number): void {
@@ -404,7 +451,7 @@ class DeadlineHeap {
 
   private down(i: number): void {
     const a = this.a;
-    const n = a.length;
+    const n = this.n;
     const c = a[i]!;
     for (;;) {
       const l = 2 * i + 1;
@@ -451,6 +498,11 @@ function samePeerIp(a: PeerEndpoint, b: PeerEndpoint): boolean {
   return a.ip === b.ip;
 }
 
+/** The big-endian unsigned 32-bit value at b[o] (a handle half), inlined where Buffer.readUInt32BE boxes its result. */
+function u32(b: Uint8Array, o: number): number {
+  return ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
+}
+
 function sameBytes(a: Buffer, aOff: number, b: Buffer, n: number): boolean {
   for (let i = 0; i < n; i++) if (a[aOff + i] !== b[i]) return false;
   return true;
@@ -472,27 +524,33 @@ const OFF_CPIP = 16;
 const OFF_APIP = 32;
 const OFF_MCPIP = 48;
 
-/** The connecting-side check of an ACC/REJ: same family, cpipaddr and cpport as the query. */
-function matchesLocal(local: SockAddr, b: Buffer, ipVersion: number): boolean {
+/** The connecting-side check of the ACC/REJ at b[o]: same family, cpipaddr and cpport as the query. */
+function matchesLocal(local: SockAddr, b: Buffer, o: number, ipVersion: number): boolean {
   return (
     familyOf(ipVersion) === local.family &&
-    b.readUInt16BE(OFF_CPPORT) === local.port &&
-    sameBytes(b, OFF_CPIP, local.ip, ipLen(ipVersion))
+    b.readUInt16BE(o + OFF_CPPORT) === local.port &&
+    sameBytes(b, o + OFF_CPIP, local.ip, ipLen(ipVersion))
   );
 }
 
 /**
- * src as a live conversation keeps it (until the ACK, up to the give-up): a RawEndpoint's
- * bytes are a view into its receive batch, which would stay alive with it; copy them.
+ * src as a live conversation keeps it (until the ACK, up to the give-up): a RawEndpoint
+ * may be the transport's, reused for the next datagram (or its bytes a view into a
+ * receive batch, which would stay alive with it); copy it.
  */
 function keptEndpoint(src: PeerEndpoint): PeerEndpoint {
   if (!(src instanceof RawEndpoint)) return src;
   return new RawEndpoint(src.family, retainCopy(src.raw, 0, src.raw.length), src.port, src.scopeId);
 }
 
-function copyIp(b: Buffer, off: number, ipVersion: number): Buffer {
-  // may be kept with a conversation (the wildcard listener's IP): not from Node's pool
+/** An IP for an event (REMOTE_INFO, an accepted outcome): the kernel side owns it, may keep it; not from Node's pool. */
+function copyIp(b: Uint8Array, off: number, ipVersion: number): Buffer {
   return retainCopy(b, off, ipLen(ipVersion));
+}
+
+/** A handle's hex digits, as a bigint's toString(16) (debug logs). */
+function handleHex(hi: number, lo: number): string {
+  return ((BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0)).toString(16);
 }
 
 /** Two random 32-bit values (Web Crypto when present; only used to key hash tables). */
@@ -520,11 +578,14 @@ export class PeerEngine implements PeerPort {
    * Handle tables are keyed by handleKey (a 32-bit number: far cheaper than BigInt keys);
    * a lookup is confirmed on the full 64 bits. Our own handles are unique by key.
    */
-  private readonly queriesByHandle = new Map<number, QueryConv>();
+  private readonly queriesByHandle = new IntMap<QueryConv>();
   private readonly ackTrackers: AckTrackers;
   private readonly quarantine: Quarantine;
-  /** Peer handle (key) → ACCEPT conversations (normally one; more for other peer IPs or listeners). */
-  private readonly accepts = new Map<number, AcceptConv[]>();
+  /**
+   * Peer handle (key) → the first of its ACCEPT conversations, chained by nextSameKey
+   * (normally one; more for other peer IPs or listeners).
+   */
+  private readonly accepts = new IntMap<AcceptConv>();
   /** Secret mixing values of handleKey, so peers cannot aim many handles at one key. */
   private readonly keyXor: number;
   private readonly keyMul: number;
@@ -539,6 +600,11 @@ export class PeerEngine implements PeerPort {
   /** Round-trip estimate of REQ -> ACC/REJ over all peers (RFC 6298), 0 = no sample yet. */
   private srttMs = 0;
   private rttvarMs = 0;
+  /** newHandle's output: the handle's high and low halves. */
+  private readonly handleHalves = new Uint32Array(2);
+  /** A REQ's apipaddr:apport for the listener lookup (which keeps nothing of it), per family; reused. */
+  private readonly lookupAddr4: SockAddr = { family: AF_INET, port: 0, ip: Buffer.alloc(4), flowinfo: 0, scopeId: 0 };
+  private readonly lookupAddr6: SockAddr = { family: AF_INET6, port: 0, ip: Buffer.alloc(16), flowinfo: 0, scopeId: 0 };
 
   constructor(private readonly deps: PeerEngineDeps) {
     this.timing = Object.freeze({ ...DEFAULT_PEER_TIMING, ...deps.timing });
@@ -588,26 +654,14 @@ export class PeerEngine implements PeerPort {
     if (this.queriesById.size >= this.limits.maxQueries) {
       return this.defer(q.id, { kind: 'failed', reason: `too many outstanding queries (${this.limits.maxQueries})` });
     }
-    const handle = this.newHandle();
-    const hi = Number(handle >> 32n);
-    const lo = Number(handle & 0xffffffffn);
-    const key = this.handleKey(hi, lo);
+    const key = this.newHandle();
+    const hi = this.handleHalves[0]!;
+    const lo = this.handleHalves[1]!;
     const ipVersion = local.family === AF_INET ? 4 : 6;
-    const req = encodePeerMessage({
-      type: PM_MSG_REQ,
-      ipVersion,
-      pmtime: 0,
-      mappedCpPort: mapped.port,
-      apPort: remote.port,
-      cpPort: local.port,
-      assocHandle: handle,
-      cpIp: local.ip,
-      apIp: remote.ip,
-      mappedCpIp: mapped.ip,
-    });
-    const dest: PeerEndpoint = { family: ipVersion, ip: formatIp(remote), port: this.peerPortValue, raw: remote.ip };
+    // kept for retransmission until the answer: not from Node's pool
+    const req = writePeerReq(allocRetained(PM_REQ_SIZE), ipVersion, hi, lo, local, remote, mapped);
+    const dest = new ReqDest(ipVersion, remote.ip, this.peerPortValue, remote.family === AF_INET6 ? remote.scopeId : 0);
     const rto = this.rtoMs();
-    if (remote.family === AF_INET6 && remote.scopeId) dest.scopeId = remote.scopeId;
     if (!this.trySend(dest, req, undefined)) {
       this.quarantine.add(key, now + this.timing.handleQuarantineMs);
       return this.defer(q.id, { kind: 'failed', reason: `cannot send to ${dest.ip} (no IPv${ipVersion} socket)` });
@@ -616,7 +670,6 @@ export class PeerEngine implements PeerPort {
     const conv: QueryConv = {
       kind: 'query',
       id: q.id,
-      handle,
       hi,
       lo,
       key,
@@ -636,7 +689,7 @@ export class PeerEngine implements PeerPort {
     this.queriesByHandle.set(key, conv);
     this.heap.set(conv, Math.min(conv.nextSendAtMs, conv.giveUpAtMs));
     if (this.log.debugEnabled) {
-      this.log.debug(`peer: REQ h=${handle.toString(16)} query ${q.id} to ${dest.ip}:${dest.port}`);
+      this.log.debug(`peer: REQ h=${handleHex(hi, lo)} query ${q.id} to ${dest.ip}:${dest.port}`);
     }
   }
 
@@ -690,48 +743,55 @@ export class PeerEngine implements PeerPort {
   // Datagrams (io → engine)
 
   /**
-   * One datagram from `src`, received on socket `via`. Never throws on content. The engine
-   * may keep `src` (to retransmit to it): the caller must not reuse the object.
+   * One datagram from `src`, received on socket `via`. Never throws on content. Neither
+   * `bytes` nor `src` is kept (a RawEndpoint is copied where a conversation needs it; a
+   * plain PeerEndpoint object is kept as it is, so don't reuse those).
    */
   receive(bytes: Uint8Array, src: PeerEndpoint, via?: number): void {
+    const b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.receiveAt(b, 0, b.length, src, via);
+  }
+
+  /** receive() of the datagram data[off, off + len): a transport's receive batch, without a view per datagram. */
+  receiveAt(data: Buffer, off: number, len: number, src: PeerEndpoint, via?: number): void {
     this.counters.rxDatagrams++;
     if (src.port === 0) {
       this.counters.rxMalformed.sourcePort++;
       return;
     }
-    const c = classifyPeerDatagram(bytes);
+    const c = classifyPeerDatagram(data, off, len);
     if (c < 0) {
       const kind = WIRE_REJECT_KINDS[-c - 1]!;
       this.counters.rxMalformed[kind]++;
-      const d = decodePeerMessage(bytes);
+      const d = decodePeerMessage(data.subarray(off, off + len));
       this.warn(`malformed:${kind}`, `peer: dropped a datagram from ${src.ip}:${src.port}: ${d.ok ? kind : d.reason}`);
       return;
     }
-    const b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const ipVersion = c & 0x0f;
     const type = c >> 4;
     if (this.log.debugEnabled) {
-      this.log.debug(`peer: ${PM_TYPE_NAMES[type]} h=${b.readBigUInt64BE(OFF_HANDLE).toString(16)} from ${src.ip}:${src.port}`);
+      this.log.debug(`peer: ${PM_TYPE_NAMES[type]} h=${data.readBigUInt64BE(off + OFF_HANDLE).toString(16)} from ${src.ip}:${src.port}`);
     }
     switch (type) {
       case PM_MSG_REQ:
         this.counters.rxReq++;
-        return this.onReq(b, ipVersion, src, via);
+        return this.onReq(data, off, ipVersion, src, via);
       case PM_MSG_ACC:
         this.counters.rxAcc++;
-        return this.onAcc(b, ipVersion, src, via);
+        return this.onAcc(data, off, ipVersion, src, via);
       case PM_MSG_ACK:
         this.counters.rxAck++;
-        return this.onAck(b, ipVersion, src);
+        return this.onAck(data, off, ipVersion, src);
       default:
         this.counters.rxRej++;
-        return this.onRej(b, ipVersion);
+        return this.onRej(data, off, ipVersion);
     }
   }
 
   // Listening side ------------------------------------------------------------
 
-  private onReq(b: Buffer, ipVersion: number, src: PeerEndpoint, via: number | undefined): void {
+  /** A REQ at b[o]. */
+  private onReq(b: Buffer, o: number, ipVersion: number, src: PeerEndpoint, via: number | undefined): void {
     const now = this.deps.now();
     const bucket = this.bucketFor(src, now);
     if (bucket.tokens < 1) {
@@ -742,39 +802,42 @@ export class PeerEngine implements PeerPort {
     bucket.tokens--;
 
     const family = familyOf(ipVersion);
-    const apIp = copyIp(b, OFF_APIP, ipVersion);
-    const ap: SockAddr = { family, port: b.readUInt16BE(OFF_APPORT), ip: apIp, flowinfo: 0, scopeId: 0 };
+    const n = ipLen(ipVersion);
+    // the lookup keeps nothing of the address: a reused one
+    const ap = ipVersion === 4 ? this.lookupAddr4 : this.lookupAddr6;
+    ap.port = b.readUInt16BE(o + OFF_APPORT);
+    for (let i = 0; i < n; i++) ap.ip[i] = b[o + OFF_APIP + i]!;
     const listener = this.deps.lookup.findListener(ap);
     let wireIp: Buffer | undefined;
     let wirePort = 0;
     if (listener) {
       wirePort = listener.mapped.port;
-      // wildcard listener: the IP as the peer addressed it; otherwise the mapped address
-      if (listener.wildcard) wireIp = apIp;
+      // wildcard listener: the IP as the peer addressed it (copied below if kept); otherwise the mapped address
+      if (listener.wildcard) wireIp = ap.ip;
       else if (listener.mapped.family === family) wireIp = listener.mapped.ip;
     }
     if (!listener || !wireIp) {
-      this.sendCounted(src, replyFromRaw(b, PM_MSG_REJ), via, 'txRej');
+      this.sendCounted(src, writeReply(Buffer.allocUnsafe(PM_MESSAGE_SIZE), b, o, PM_MSG_REJ), via, 'txRej');
       if (this.log.debugEnabled) this.log.debug(`peer: REJ to ${src.ip}:${src.port}: no listener at ${formatIp(ap)}:${ap.port}`);
       return;
     }
 
-    const hi = b.readUInt32BE(OFF_HANDLE);
-    const lo = b.readUInt32BE(OFF_HANDLE + 4);
+    const hi = u32(b, o + OFF_HANDLE);
+    const lo = u32(b, o + OFF_HANDLE + 4);
     const key = this.handleKey(hi, lo);
-    let list = this.accepts.get(key);
+    const first = this.accepts.get(key);
+    let last: AcceptConv | undefined;
     let same = 0;
-    if (list) {
-      for (const c of list) {
-        if (c.lo !== lo || c.hi !== hi) continue;
-        if (c.wirePort === wirePort && samePeerIp(c.src, src) && c.wireIp.equals(wireIp)) {
-          // A retransmitted REQ (our ACC or the peer's REQ got lost): the same ACC again.
-          this.counters.reqDuplicate++;
-          this.sendCounted(src, c.acc, via, 'txAccDuplicateReq');
-          return;
-        }
-        same++;
+    for (let c = first; c !== undefined; c = c.nextSameKey) {
+      last = c;
+      if (c.lo !== lo || c.hi !== hi) continue;
+      if (c.wirePort === wirePort && samePeerIp(c.src, src) && c.wireIp.equals(wireIp)) {
+        // A retransmitted REQ (our ACC or the peer's REQ got lost): the same ACC again.
+        this.counters.reqDuplicate++;
+        this.sendCounted(src, c.acc, via, 'txAccDuplicateReq');
+        return;
       }
+      same++;
     }
     const lingering = this.lingering;
     for (let i = lingering.first(key); i >= 0; i = lingering.after(i)) {
@@ -797,7 +860,8 @@ export class PeerEngine implements PeerPort {
       return;
     }
 
-    const acc = replyFromRaw(b, PM_MSG_ACC, { ip: wireIp, port: wirePort }, allocRetained(PM_MESSAGE_SIZE));
+    if (wireIp === ap.ip) wireIp = retainCopy(ap.ip, 0, n);
+    const acc = writeReply(allocRetained(PM_MESSAGE_SIZE), b, o, PM_MSG_ACC, wireIp, wirePort);
     const conv: AcceptConv = {
       kind: 'accept',
       hi,
@@ -814,12 +878,10 @@ export class PeerEngine implements PeerPort {
       intervalMs: this.timing.accFirstRetransmitMs,
       dueAtMs: 0,
       heapPos: -1,
+      nextSameKey: undefined,
     };
-    if (!list) {
-      list = [];
-      this.accepts.set(key, list);
-    }
-    list.push(conv);
+    if (last === undefined) this.accepts.set(key, conv);
+    else last.nextSameKey = conv;
     this.liveAccepts++;
     bucket.live++;
     this.counters.acceptsStarted++;
@@ -830,45 +892,43 @@ export class PeerEngine implements PeerPort {
     this.deps.events.remoteInfo({
       ownerClient: listener.ownerClient,
       localRaw: listener.localRaw,
-      remote: { family, port: b.readUInt16BE(OFF_CPPORT), ip: copyIp(b, OFF_CPIP, ipVersion), flowinfo: 0, scopeId: 0 },
+      remote: { family, port: b.readUInt16BE(o + OFF_CPPORT), ip: copyIp(b, o + OFF_CPIP, ipVersion), flowinfo: 0, scopeId: 0 },
       mappedLocalRaw: listener.mappedRaw,
       // REQ `reserved` = the connecting peer's mapped port
-      mappedRemote: { family, port: b.readUInt16BE(2), ip: copyIp(b, OFF_MCPIP, ipVersion), flowinfo: 0, scopeId: 0 },
+      mappedRemote: { family, port: b.readUInt16BE(o + 2), ip: copyIp(b, o + OFF_MCPIP, ipVersion), flowinfo: 0, scopeId: 0 },
     });
     this.sendCounted(src, acc, via, 'txAcc');
   }
 
-  private onAck(b: Buffer, ipVersion: number, src: PeerEndpoint): void {
-    const hi = b.readUInt32BE(OFF_HANDLE);
-    const lo = b.readUInt32BE(OFF_HANDLE + 4);
+  /** An ACK at b[o]. */
+  private onAck(b: Buffer, o: number, ipVersion: number, src: PeerEndpoint): void {
+    const hi = u32(b, o + OFF_HANDLE);
+    const lo = u32(b, o + OFF_HANDLE + 4);
     const key = this.handleKey(hi, lo);
-    const list = this.accepts.get(key);
-    const apPort = b.readUInt16BE(OFF_APPORT);
+    const apPort = b.readUInt16BE(o + OFF_APPORT);
     const n = ipLen(ipVersion);
     let conv: AcceptConv | undefined;
     // Prefer the conversation of the ACK's sender; a multi-homed peer may ACK from another IP.
     let other: AcceptConv | undefined;
-    if (list) {
-      for (const c of list) {
-        if (c.lo !== lo || c.hi !== hi) continue;
-        if (c.wirePort !== apPort || c.wireIp.length !== n || !sameBytes(b, OFF_APIP, c.wireIp, n)) continue;
-        if (samePeerIp(c.src, src)) {
-          conv = c;
-          break;
-        }
-        other ??= c;
+    for (let c = this.accepts.get(key); c !== undefined; c = c.nextSameKey) {
+      if (c.lo !== lo || c.hi !== hi) continue;
+      if (c.wirePort !== apPort || c.wireIp.length !== n || !sameBytes(b, o + OFF_APIP, c.wireIp, n)) continue;
+      if (samePeerIp(c.src, src)) {
+        conv = c;
+        break;
       }
+      other ??= c;
     }
     if (!conv) {
       // the sender's conversation may have finished already (its ACK is a duplicate)
-      if (this.lingeringAck(key, hi, lo, b, apPort, n, src)) {
+      if (this.lingeringAck(key, hi, lo, b, o, apPort, n, src)) {
         this.counters.ackDuplicate++;
         return;
       }
       conv = other;
     }
     if (!conv) {
-      if (this.lingeringAck(key, hi, lo, b, apPort, n, undefined)) this.counters.ackDuplicate++;
+      if (this.lingeringAck(key, hi, lo, b, o, apPort, n, undefined)) this.counters.ackDuplicate++;
       else this.counters.ackStale++;
       return;
     }
@@ -876,11 +936,11 @@ export class PeerEngine implements PeerPort {
     this.endAccept(conv, this.deps.now());
   }
 
-  /** A finished conversation this ACK names (from `from` when given, else from any peer). */
-  private lingeringAck(key: number, hi: number, lo: number, b: Buffer, apPort: number, n: number, from: PeerEndpoint | undefined): boolean {
+  /** A finished conversation the ACK at b[o] names (from `from` when given, else from any peer). */
+  private lingeringAck(key: number, hi: number, lo: number, b: Buffer, o: number, apPort: number, n: number, from: PeerEndpoint | undefined): boolean {
     const l = this.lingering;
     for (let i = l.first(key); i >= 0; i = l.after(i)) {
-      if (l.sameHandle(i, hi, lo) && l.sameWire(i, apPort, b, OFF_APIP, n) && (from === undefined || l.samePeer(i, from))) return true;
+      if (l.sameHandle(i, hi, lo) && l.sameWire(i, apPort, b, o + OFF_APIP, n) && (from === undefined || l.samePeer(i, from))) return true;
     }
     return false;
   }
@@ -890,58 +950,65 @@ export class PeerEngine implements PeerPort {
     this.heap.remove(conv);
     this.liveAccepts--;
     conv.bucket.live--;
-    const list = this.accepts.get(conv.key);
-    if (list) {
-      const i = list.indexOf(conv);
-      if (i >= 0) {
-        if (list.length === 1) this.accepts.delete(conv.key);
-        else list.splice(i, 1);
+    const first = this.accepts.get(conv.key);
+    if (first === conv) {
+      if (conv.nextSameKey === undefined) this.accepts.delete(conv.key);
+      else this.accepts.set(conv.key, conv.nextSameKey);
+    } else {
+      for (let c = first; c !== undefined; c = c.nextSameKey) {
+        if (c.nextSameKey === conv) {
+          c.nextSameKey = conv.nextSameKey;
+          break;
+        }
       }
     }
+    conv.nextSameKey = undefined;
     this.lingering.add(conv.key, conv.hi, conv.lo, conv.wirePort, conv.wireIp, conv.src, conv.acc, now + this.timing.acceptLingerMs);
   }
 
   // Connecting side ------------------------------------------------------------
 
-  private onAcc(b: Buffer, ipVersion: number, src: PeerEndpoint, via: number | undefined): void {
-    const hi = b.readUInt32BE(OFF_HANDLE);
-    const lo = b.readUInt32BE(OFF_HANDLE + 4);
+  /** An ACC at b[o]. */
+  private onAcc(b: Buffer, o: number, ipVersion: number, src: PeerEndpoint, via: number | undefined): void {
+    const hi = u32(b, o + OFF_HANDLE);
+    const lo = u32(b, o + OFF_HANDLE + 4);
     const key = this.handleKey(hi, lo);
     const q = this.queriesByHandle.get(key);
-    if (q && q.lo === lo && q.hi === hi && matchesLocal(q.local, b, ipVersion)) {
+    if (q && q.lo === lo && q.hi === hi && matchesLocal(q.local, b, o, ipVersion)) {
       const now = this.deps.now();
       this.finishQuery(q);
       this.sampleRtt(q, now);
       this.counters.queriesAccepted++;
       const mappedRemote: SockAddr = {
         family: q.remote.family,
-        port: b.readUInt16BE(OFF_APPORT),
-        ip: copyIp(b, OFF_APIP, ipVersion),
+        port: b.readUInt16BE(o + OFF_APPORT),
+        ip: copyIp(b, o + OFF_APIP, ipVersion),
         // the same peer: keep the kernel's flowinfo and scope id (needed for link-local)
         flowinfo: q.remote.flowinfo,
         scopeId: q.remote.scopeId,
       };
       this.track(q, now);
       this.deps.events.queryDone(q.id, { kind: 'accepted', mappedRemote });
-      this.sendCounted(src, replyFromRaw(b, PM_MSG_ACK), via, 'txAck');
+      this.sendCounted(src, writeReply(Buffer.allocUnsafe(PM_MESSAGE_SIZE), b, o, PM_MSG_ACK), via, 'txAck');
       return;
     }
-    const t = this.ackTrackers.find(key, hi, lo, familyOf(ipVersion), b, OFF_CPPORT, OFF_CPIP);
+    const t = this.ackTrackers.find(key, hi, lo, familyOf(ipVersion), b, o + OFF_CPPORT, o + OFF_CPIP);
     if (t >= 0) {
       // Our ACK got lost and the peer retransmitted its ACC: ACK again.
       this.counters.accDuplicate++;
       this.ackTrackers.refresh(t, this.deps.now() + this.timing.ackTrackerMs);
-      this.sendCounted(src, replyFromRaw(b, PM_MSG_ACK), via, 'txAck');
+      this.sendCounted(src, writeReply(Buffer.allocUnsafe(PM_MESSAGE_SIZE), b, o, PM_MSG_ACK), via, 'txAck');
       return;
     }
     this.counters.accStale++;
   }
 
-  private onRej(b: Buffer, ipVersion: number): void {
-    const hi = b.readUInt32BE(OFF_HANDLE);
-    const lo = b.readUInt32BE(OFF_HANDLE + 4);
+  /** A REJ at b[o]. */
+  private onRej(b: Buffer, o: number, ipVersion: number): void {
+    const hi = u32(b, o + OFF_HANDLE);
+    const lo = u32(b, o + OFF_HANDLE + 4);
     const q = this.queriesByHandle.get(this.handleKey(hi, lo));
-    if (!q || q.lo !== lo || q.hi !== hi || !matchesLocal(q.local, b, ipVersion)) {
+    if (!q || q.lo !== lo || q.hi !== hi || !matchesLocal(q.local, b, o, ipVersion)) {
       this.counters.rejStale++;
       return;
     }
@@ -995,14 +1062,18 @@ export class PeerEngine implements PeerPort {
   /**
    * A random non-zero 64-bit handle not used by any live conversation, tracker or recent
    * one. Stricter than that: its key (handleKey) is unused too, so our tables never hold
-   * two of our handles under one key.
+   * two of our handles under one key. Returns the key; the handle's halves are left in
+   * handleHalves (high, low).
    */
-  private newHandle(): bigint {
+  private newHandle(): number {
+    const h = this.handleHalves;
     for (;;) {
-      const h = BigInt.asUintN(64, this.deps.random64());
-      if (h !== 0n) {
-        const k = this.handleKey(Number(h >> 32n), Number(h & 0xffffffffn));
-        if (!this.queriesByHandle.has(k) && !this.ackTrackers.has(k) && !this.quarantine.has(k)) return h;
+      this.deps.randomHandle(h);
+      const hi = h[0]!;
+      const lo = h[1]!;
+      if (hi !== 0 || lo !== 0) {
+        const k = this.handleKey(hi, lo);
+        if (!this.queriesByHandle.has(k) && !this.ackTrackers.has(k) && !this.quarantine.has(k)) return k;
       }
       this.counters.handleCollisions++;
     }

@@ -84,8 +84,8 @@ export interface PeerIoOptions {
   limits?: Partial<PeerLimits>;
   /** Clock in ms (default: performance.now, monotonic). */
   now?: () => number;
-  /** Random 64-bit handles (default: node:crypto). */
-  random64?: () => bigint;
+  /** Random 64-bit handles as two 32-bit halves (default: node:crypto, cryptoHandleSource). */
+  randomHandle?: (out: Uint32Array) => void;
   /** Whether /proc says IPv6 is disabled (tests inject; default reads /proc/sys/net/ipv6). */
   ipv6Disabled?: () => boolean;
   /** The native UdpSocket (default: the addon, loaded by start()). */
@@ -105,18 +105,31 @@ export interface PeerIoStatus {
   recvBufferBytes: number;
 }
 
-/** crypto random 64-bit values, drawn from a refilled pool (one syscall per 512 handles). */
-export function cryptoRandom64(): () => bigint {
-  const pool = Buffer.alloc(4096);
-  let off = pool.length;
-  return () => {
-    if (off >= pool.length) {
-      randomFillSync(pool);
-      off = 0;
+/**
+ * Random handles for PeerEngine (its randomHandle): each call writes the next two words
+ * of a pool into out[0] (high half) and out[1] (low half). The pool is refilled by `fill`
+ * (node:crypto by default: one syscall per `words / 2` handles) once used up, so no
+ * word is handed out twice; a pair of zero words (handle 0) is skipped.
+ */
+export function cryptoHandleSource(fill: (pool: Uint32Array) => void = randomFillSync, words = 1024): (out: Uint32Array) => void {
+  if (!Number.isInteger(words) || words < 2 || words % 2 !== 0) throw new RangeError(`pool size must be an even number >= 2, got ${words}`);
+  const pool = new Uint32Array(words);
+  let next = words;
+  return (out) => {
+    for (;;) {
+      if (next >= words) {
+        fill(pool);
+        next = 0;
+      }
+      const hi = pool[next]!;
+      const lo = pool[next + 1]!;
+      next += 2;
+      if (hi !== 0 || lo !== 0) {
+        out[0] = hi;
+        out[1] = lo;
+        return;
+      }
     }
-    const v = pool.readBigUInt64LE(off);
-    off += 8;
-    return v;
   };
 }
 
@@ -154,11 +167,13 @@ function textAddress(dest: PeerEndpoint): { raw: Buffer; scope: number } | undef
   }
 }
 
-/** Datagrams waiting for one sendmmsg on one socket. The arrays are kept and reused. */
+/**
+ * Datagrams waiting for one sendmmsg on one socket. The arrays are kept and reused. A
+ * destination is read when added (its address, port, scope id), not kept: the engine may
+ * pass our own reused source endpoint.
+ */
 class Outbox {
   readonly datagrams: Buffer[] = [];
-  /** Destination of each datagram (to attribute send errors). */
-  readonly dests: PeerEndpoint[] = [];
   addrs = Buffer.alloc(16 * 64);
   ports = new Uint16Array(64);
   scopes = new Uint32Array(64);
@@ -193,13 +208,11 @@ class Outbox {
     this.ports[i] = dest.port;
     this.scopes[i] = scope;
     this.datagrams.push(bytes);
-    this.dests.push(dest);
     return true;
   }
 
   clear(): void {
     this.datagrams.length = 0;
-    this.dests.length = 0;
   }
 
   private grow(): void {
@@ -226,6 +239,8 @@ export class PeerIo implements PeerPort {
   private readonly group: (fn: () => void) => void;
   private readonly sockets: (UdpSocket | undefined)[] = [undefined, undefined, undefined, undefined];
   private readonly outboxes = [new Outbox(), new Outbox(), new Outbox(), new Outbox()];
+  /** The source of every datagram received on socket id, reused (the engine copies what it keeps). */
+  private readonly sources = SOCKET_FAMILY.map((f) => new RawEndpoint(f, Buffer.alloc(f === 4 ? 4 : 16), 0));
   /** Datagrams in the outboxes. */
   private queued = 0;
   /** Inside a receive batch or a tick: sends wait for its end. */
@@ -250,7 +265,7 @@ export class PeerIo implements PeerPort {
     const port = opts.port ?? IWARP_PM_PORT;
     this.engine = new PeerEngine({
       now: this.now,
-      random64: opts.random64 ?? cryptoRandom64(),
+      randomHandle: opts.randomHandle ?? cryptoHandleSource(),
       send: (dest, bytes, via) => this.send(dest, bytes, via),
       events: opts.events,
       lookup: opts.lookup,
@@ -350,20 +365,21 @@ export class PeerIo implements PeerPort {
     if (this.depth === 0) this.settle();
   }
 
-  /** Every datagram of the batch to the engine, sources as bytes (no text). */
+  /** Every datagram of the batch to the engine, in place, sources as bytes (no text, no per-datagram object). */
   private feed(id: number, batch: UdpBatch): void {
-    const family = SOCKET_FAMILY[id]!;
-    const ipLen = family === 4 ? 4 : 16;
     const { data, offsets, lengths, srcAddrs, srcPorts, scopeIds, truncated } = batch;
     const engine = this.engine;
+    const src = this.sources[id]!;
+    const raw = src.raw;
+    const ipLen = raw.length;
     for (let i = 0; i < batch.count; i++) {
-      const off = offsets[i]!;
       const a = 16 * i;
       // a truncated datagram keeps the slot length (never 48 or 64): the engine drops it as malformed
       if (truncated[i] === 1) this.truncated++;
-      const src = new RawEndpoint(family, srcAddrs.subarray(a, a + ipLen), srcPorts[i]!, scopeIds[i]!);
+      for (let k = 0; k < ipLen; k++) raw[k] = srcAddrs[a + k]!;
+      src.reuse(srcPorts[i]!, scopeIds[i]!);
       try {
-        engine.receive(data.subarray(off, off + lengths[i]!), src, id);
+        engine.receiveAt(data, offsets[i]!, lengths[i]!, src, id);
       } catch (e) {
         // never die on input
         this.log.error(`peer: internal error on a datagram from ${src.ip}:${src.port}: ${(e as Error).stack ?? e}`);
@@ -452,13 +468,19 @@ export class PeerIo implements PeerPort {
     const code = err.code ?? err.message;
     // reported inside send(): the index names the datagram; later (queued ones) it is gone
     const box = this.flushing;
-    const dest = box !== undefined && box === this.outboxes[id] && err.index !== undefined ? box.dests[err.index] : undefined;
-    if (dest !== undefined && dest.raw !== undefined && id >= SOCK_CLIENT4 && UNREACHABLE.has(code)) {
-      this.unreachable.push({ family: dest.family, raw: dest.raw, port: dest.port, reason: `send failed: ${code}` });
+    const i = box !== undefined && box === this.outboxes[id] && err.index !== undefined && err.index < box.count ? err.index : -1;
+    const family = SOCKET_FAMILY[id]!;
+    if (i >= 0 && id >= SOCK_CLIENT4 && UNREACHABLE.has(code)) {
+      const raw = Buffer.from(box!.addrs.subarray(16 * i, 16 * i + (family === 4 ? 4 : 16)));
+      this.unreachable.push({ family, raw, port: box!.ports[i]!, reason: `send failed: ${code}` });
     }
     const suffix = this.limiter.admit(`send:${code}`, this.now());
     if (suffix !== undefined) {
-      const to = dest ? ` to ${dest.ip}:${dest.port}` : '';
+      let to = '';
+      if (i >= 0) {
+        const scope = box!.scopes[i]!;
+        to = ` to ${addrText(family, box!.addrs, 16 * i)}${scope ? `%${scope}` : ''}:${box!.ports[i]!}`;
+      }
       this.log.warn(`peer: UDP send${to} failed: ${err.message}${suffix}`);
     }
   }

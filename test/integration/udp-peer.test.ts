@@ -304,6 +304,24 @@ describe('PeerIo: two engines over real UDP', () => {
     });
   }
 
+  it('a REQ the kernel refuses for good (broadcast: EACCES) fails its query at once; the error names that datagram, not its neighbours', async () => {
+    const [a, b] = await pair();
+    b.listeners.add('0.0.0.0', 5000, 33333);
+    const q = (id: number, remote: string) => ({ id, local: parseIp('127.0.0.1', 40000 + id), mapped: parseIp('127.0.0.1', 41000 + id), remote: parseIp(remote, 5000) });
+    // one sendmmsg: the middle datagram fails (no SO_BROADCAST), the others go out
+    a.io.startQuery(q(1, '127.0.0.1'));
+    a.io.startQuery(q(2, '127.255.255.255'));
+    a.io.startQuery(q(3, '127.0.0.1'));
+    const t0 = performance.now();
+    await a.events.waitFor(3, 5_000);
+    expect(performance.now() - t0).toBeLessThan(1_000);
+    expect(a.events.done.get(1)!.outcome.kind).toBe('accepted');
+    expect(a.events.done.get(3)!.outcome.kind).toBe('accepted');
+    expect(a.events.done.get(2)!.outcome).toEqual({ kind: 'failed', reason: `127.255.255.255:${b.port}: send failed: EACCES` });
+    expect(a.log.has(new RegExp(`UDP send to 127\\.255\\.255\\.255:${b.port} failed`), 'warn')).toBe(true);
+    expect(a.io.stats()).toMatchObject({ queriesUnreachable: 1, queriesAccepted: 2, liveQueries: 0 });
+  });
+
   it('a silent peer: timeout before the configured give-up, nothing left behind', async () => {
     const a = await host({ timing: { queryGiveUpMs: 800 } });
     // a bound socket that never answers

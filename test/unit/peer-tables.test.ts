@@ -1,6 +1,6 @@
-/** The peer's typed-array tables (IntIndex, Quarantine, AckTrackers) against plain JS models. */
+/** The peer's typed-array tables (IntIndex, IntMap, Quarantine, AckTrackers, Lingering) against plain JS models. */
 import { describe, expect, it } from 'vitest';
-import { IntIndex } from '../../src/core/int-index.js';
+import { IntIndex, IntMap } from '../../src/core/int-index.js';
 import { AckTrackers, Lingering, Quarantine } from '../../src/core/peer-tables.js';
 import { RawEndpoint } from '../../src/core/peer.js';
 
@@ -136,6 +136,48 @@ describe('IntIndex', () => {
   });
 });
 
+describe('IntMap', () => {
+  it('agrees with a Map through sets, overwrites, deletes, slot reuse and clear (int32 keys, both signs)', () => {
+    for (const keySpace of [300, 2 ** 32]) {
+      const im = new IntMap<{ v: number }>();
+      const m = new Map<number, { v: number }>();
+      const r = rng(keySpace === 300 ? 5 : 11);
+      for (let step = 0; step < 60_000; step++) {
+        const key = keySpace === 2 ** 32 ? r() : ((r() >>> 0) % keySpace) - (keySpace >> 1);
+        const op = (r() >>> 0) % 5;
+        if (op < 2 && m.size < 2000) {
+          const v = { v: step };
+          im.set(key, v);
+          m.set(key, v);
+        } else if (op < 4) {
+          expect(im.delete(key)).toBe(m.delete(key));
+        } else {
+          expect(im.get(key), `get(${key}) at step ${step}`).toBe(m.get(key));
+          expect(im.has(key)).toBe(m.has(key));
+        }
+        expect(im.size).toBe(m.size);
+        if (step === 30_000) {
+          im.clear();
+          m.clear();
+        }
+      }
+      for (const [k, v] of m) expect(im.get(k)).toBe(v);
+    }
+  });
+
+  it('a deleted value is no longer referenced: its slot goes to the next key', () => {
+    const im = new IntMap<string>();
+    for (let k = 0; k < 200; k++) im.set(k, `v${k}`);
+    for (let k = 0; k < 200; k++) expect(im.delete(k)).toBe(true);
+    expect(im.size).toBe(0);
+    expect(im.get(5)).toBeUndefined();
+    expect(im.delete(5)).toBe(false);
+    im.set(-5, 'again');
+    expect(im.get(-5)).toBe('again');
+    expect(im.get(5)).toBeUndefined();
+  });
+});
+
 describe('AckTrackers', () => {
   const AF_INET = 2;
   const AF_INET6 = 10;
@@ -245,6 +287,21 @@ describe('Lingering', () => {
     expect(l.samePeer(l.first(2), { ip: '10.9.9.9' })).toBe(true);
     expect(l.samePeer(l.first(2), peer([10, 9, 9, 9]))).toBe(true); // bytes against stored text
     expect(l.samePeer(l.first(2), { ip: '10.9.9.8' })).toBe(false);
+  });
+
+  it('keeps copies: the wire IP, peer bytes and ACC given to add may be reused afterwards', () => {
+    const l = new Lingering(4);
+    const wire = Buffer.from([192, 0, 2, 7]);
+    const p = peer([10, 0, 0, 1]);
+    const acc = ACC(5);
+    l.add(3, 1, 2, 5000, wire, p, acc, 10);
+    wire.fill(0);
+    p.raw.fill(0);
+    acc.fill(0);
+    const i = l.first(3);
+    expect(l.sameWire(i, 5000, Buffer.from([192, 0, 2, 7]), 0, 4)).toBe(true);
+    expect(l.samePeer(i, peer([10, 0, 0, 1]))).toBe(true);
+    expect(l.accCopy(i, Buffer.alloc(48, 0xff)).equals(ACC(5))).toBe(true);
   });
 
   it('expires in time order; a full table drops its oldest; links to reused slots end the chain', () => {

@@ -41,6 +41,23 @@ function rng64(seed: number): () => bigint {
   return () => (BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32));
 }
 
+/** PeerEngineDeps.randomHandle from a source of 64-bit values: high half, low half. */
+function halves(next: () => bigint): (out: Uint32Array) => void {
+  return (out) => {
+    const v = BigInt.asUintN(64, next());
+    out[0] = Number(v >> 32n);
+    out[1] = Number(v & 0xffffffffn);
+  };
+}
+
+/** An endpoint's fields as plain data (REQ destinations are objects whose `ip` text is a getter). */
+function endpointFields(e: PeerEndpoint): PeerEndpoint {
+  const f: PeerEndpoint = { family: e.family, ip: e.ip, port: e.port };
+  if (e.scopeId) f.scopeId = e.scopeId;
+  if (e.raw !== undefined) f.raw = e.raw;
+  return f;
+}
+
 interface Sent {
   at: number;
   dest: PeerEndpoint;
@@ -70,7 +87,7 @@ function single(opts: Partial<PeerEngineDeps> = {}) {
   const log = new MemoryLogger(false);
   const engine = new PeerEngine({
     now: () => clock.t,
-    random64: rng64(7),
+    randomHandle: halves(rng64(7)),
     send: (dest, bytes, via) => {
       const d = decodePeerMessage(bytes);
       if (!d.ok) throw new Error('engine sent an undecodable datagram');
@@ -127,11 +144,11 @@ function reqFrom(handle: bigint, over: Partial<PeerMessage> = {}): Buffer {
 
 describe('PeerEngine: connecting side', () => {
   it('QUERY -> REQ to remote-IP:3935 with the spec layout, ACC -> accepted + ACK to the ACC source', () => {
-    const h = single({ random64: () => 0x0000561234567890n });
+    const h = single({ randomHandle: halves(() => 0x0000561234567890n) });
     h.engine.startQuery(query(1));
     expect(h.sent).toHaveLength(1);
     const req = h.sent[0]!;
-    expect(req.dest).toEqual({ family: 4, ip: B_IP, port: 3935, raw: parseIp(B_IP).ip });
+    expect(endpointFields(req.dest)).toEqual({ family: 4, ip: B_IP, port: 3935, raw: parseIp(B_IP).ip });
     expect(req.via).toBeUndefined(); // the client socket
     // exactly the spec §5.3 REQ
     expect(req.bytes.toString('hex')).toBe(
@@ -351,7 +368,7 @@ describe('PeerEngine: connecting side', () => {
     const remote: SockAddr = { ...parseIp('fe80::20', 5000), scopeId: 3, flowinfo: 0x12345 };
     h.engine.startQuery({ id: 9, local: parseIp('fe80::10', 40000), mapped: parseIp('fe80::10', 40001), remote });
     const req = h.sent[0]!;
-    expect(req.dest).toEqual({ family: 6, ip: 'fe80::20', port: 3935, scopeId: 3, raw: parseIp('fe80::20').ip });
+    expect(endpointFields(req.dest)).toEqual({ family: 6, ip: 'fe80::20', port: 3935, scopeId: 3, raw: parseIp('fe80::20').ip });
     expect(req.bytes[0]).toBe(0x06);
     expect(req.bytes.length).toBe(64);
     h.engine.receive(encodePeerMessage(asReply(req.msg, PM_MSG_ACC, { apPort: 33333 })), { family: 6, ip: 'fe80::20%eth0', port: 3935 }, 3);
@@ -381,6 +398,23 @@ describe('PeerEngine: listening side', () => {
     expect(acc.bytes.toString('hex')).toBe(
       '14000000' + '8235' + '9c40' + '0000561234567890' + 'c0a8010a000000000000000000000000' + 'c0a80114000000000000000000000000',
     );
+  });
+
+  it('wildcard listener, REQs addressed to different IPs: each conversation keeps the IP its REQ named', () => {
+    const h = single();
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    const toX = reqFrom(5n, { apIp: parseIp('192.168.1.20').ip });
+    const toY = reqFrom(6n, { apIp: parseIp('192.168.7.7').ip });
+    h.engine.receive(toX, peerA, 0);
+    h.engine.receive(toY, peerA, 0);
+    expect(h.sent.map((x) => x.msg.apIp)).toEqual([parseIp('192.168.1.20').ip, parseIp('192.168.7.7').ip]);
+    // the first one's ACK (naming X) completes it; a late duplicate of its REQ gets the same ACC, no REMOTE_INFO
+    h.engine.receive(encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACK)), peerA, 0);
+    expect(h.engine.stats()).toMatchObject({ acceptsCompleted: 1, ackStale: 0, liveAccepts: 1 });
+    h.engine.receive(toX, peerA, 0);
+    expect(h.events.infos).toHaveLength(2);
+    expect(h.engine.stats().reqDuplicate).toBe(1);
+    expect(h.sent[2]!.bytes.equals(h.sent[0]!.bytes)).toBe(true);
   });
 
   it('REQ for a specific listener: ACC carries the mapped IP and port', () => {
@@ -537,7 +571,7 @@ describe('PeerEngine: handles', () => {
   it('never reuses a live or recently used handle even if the RNG repeats; never 0', () => {
     const seq = [0n, 5n, 5n, 6n, 5n, 6n, 7n, 7n, 8n];
     let i = 0;
-    const h = single({ random64: () => seq[Math.min(i++, seq.length - 1)]! });
+    const h = single({ randomHandle: halves(() => seq[Math.min(i++, seq.length - 1)]!) });
     h.engine.startQuery(query(1)); // 5
     h.engine.startQuery(query(2, 40002)); // 6
     h.engine.cancelQuery(1); // 5 quarantined
@@ -551,20 +585,137 @@ describe('PeerEngine: handles', () => {
   });
 
   it('10,000 queries with a random RNG: all handles distinct', () => {
-    const h = single({ random64: rng64(99) });
+    const h = single({ randomHandle: halves(rng64(99)) });
     for (let q = 0; q < 10_000; q++) h.engine.startQuery(query(q, 1024 + q, 20000 + q));
     const s = new Set(h.sent.map((x) => x.msg.assocHandle));
     expect(s.size).toBe(10_000);
   });
 
+  it('halves of 2^31 and above: on the wire as given (unsigned), and the ACC naming them completes the query', () => {
+    const h = single({
+      randomHandle: (out) => {
+        out[0] = 0xffffffff;
+        out[1] = 0x80000000;
+      },
+    });
+    h.engine.startQuery(query(1));
+    const req = h.sent[0]!;
+    expect(req.bytes.subarray(8, 16).toString('hex')).toBe('ffffffff80000000');
+    expect(req.msg.assocHandle).toBe(0xffffffff80000000n);
+    h.engine.receive(encodePeerMessage(asReply(req.msg, PM_MSG_ACC)), peerB, 2);
+    expect(h.events.done.map((d) => d.outcome.kind)).toEqual(['accepted']);
+    h.engine.receive(encodePeerMessage(asReply(req.msg, PM_MSG_ACC)), peerB, 2); // duplicate: the tracker ACKs again
+    expect(h.engine.stats()).toMatchObject({ accDuplicate: 1, txAck: 2 });
+  });
+
+  it('debug logs name handles in hex, sent and received alike', () => {
+    const log = new MemoryLogger(true);
+    const h = single({ log, randomHandle: halves(() => 0x0000561234567890n) });
+    h.engine.startQuery(query(1));
+    h.engine.receive(encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACC)), peerB, 2);
+    const debug = log.lines.filter((l) => l.level === 'debug').map((l) => l.msg);
+    expect(debug).toContain(`peer: REQ h=561234567890 query 1 to ${B_IP}:3935`);
+    expect(debug).toContain(`peer: ACC h=561234567890 from ${B_IP}:3935`);
+  });
+
   it('a handle stays reserved while its ACK tracker lives', () => {
     const seq = [5n, 5n, 9n];
     let i = 0;
-    const h = single({ random64: () => seq[Math.min(i++, seq.length - 1)]! });
+    const h = single({ randomHandle: halves(() => seq[Math.min(i++, seq.length - 1)]!) });
     h.engine.startQuery(query(1));
     h.engine.receive(encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACC)), peerB, 1);
     h.engine.startQuery(query(2, 40002));
     expect(h.sent.filter((s) => s.msg.type === PM_MSG_REQ).map((s) => s.msg.assocHandle)).toEqual([5n, 9n]);
+  });
+});
+
+describe('PeerEngine: datagrams in place, one reused source endpoint (as io/udp.ts feeds them)', () => {
+  /** What was sent, read at send time (the engine may pass the transport's reused endpoint). */
+  function snapshotting(h: ReturnType<typeof single>) {
+    const seen: { to: string; port: number; type: number; bytes: Buffer }[] = [];
+    return {
+      seen,
+      send: (dest: PeerEndpoint, bytes: Buffer) => {
+        seen.push({ to: dest.ip, port: dest.port, type: bytes[0]! >> 4, bytes: Buffer.from(bytes) });
+        return true;
+      },
+      h,
+    };
+  }
+
+  it('a reused RawEndpoint: each conversation keeps its own peer (retransmissions, duplicates, ACKs)', () => {
+    let out: ReturnType<typeof snapshotting> | undefined;
+    const h = single({ send: (d, b) => out!.send(d, b) });
+    out = snapshotting(h);
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    const src = new RawEndpoint(4, Buffer.alloc(4), 0);
+    const from = (ip: string, port: number): RawEndpoint => {
+      parseIp(ip).ip.copy(src.raw);
+      return src.reuse(port, 0);
+    };
+    // the text form follows the bytes after reuse
+    expect(from('10.0.0.1', 1).ip).toBe('10.0.0.1');
+    expect(from('10.0.0.2', 1).ip).toBe('10.0.0.2');
+    h.engine.receive(reqFrom(5n), from('10.0.0.1', 50001), 0);
+    h.engine.receive(reqFrom(5n), from('10.0.0.2', 50002), 0);
+    h.engine.receive(reqFrom(5n), from('10.0.0.1', 50009), 0); // duplicate from the first peer
+    expect(h.events.infos).toHaveLength(2);
+    expect(h.engine.stats()).toMatchObject({ liveAccepts: 2, reqDuplicate: 1 });
+    expect(out.seen.map((x) => `${x.to}:${x.port}`)).toEqual(['10.0.0.1:50001', '10.0.0.2:50002', '10.0.0.1:50009']);
+    // the endpoint now says something else entirely; retransmissions still go to each peer
+    from('192.0.2.99', 7);
+    out.seen.length = 0;
+    h.runUntil(h.clock.t + 250);
+    expect(out.seen.map((x) => `${x.to}:${x.port}`).sort()).toEqual(['10.0.0.1:50001', '10.0.0.2:50002']);
+    // the ACK of the second peer ends its conversation only
+    const accOf2 = decodePeerMessage(out.seen.find((x) => x.to === '10.0.0.2')!.bytes);
+    if (!accOf2.ok) throw new Error('bad ACC');
+    h.engine.receive(encodePeerMessage(asReply(accOf2.msg, PM_MSG_ACK)), from('10.0.0.2', 50002), 0);
+    expect(h.engine.stats()).toMatchObject({ acceptsCompleted: 1, liveAccepts: 1, lingeringAccepts: 1 });
+    out.seen.length = 0;
+    h.runUntil(h.clock.t + 600);
+    expect(new Set(out.seen.map((x) => x.to))).toEqual(new Set(['10.0.0.1']));
+  });
+
+  it('REMOTE_INFO and the accepted outcome own their addresses: the receive buffer may be reused afterwards', () => {
+    const h = single();
+    h.listeners.add('0.0.0.0', 5000, 33333);
+    const batch = Buffer.alloc(200);
+    reqFrom(5n).copy(batch, 10);
+    h.engine.receiveAt(batch, 10, 64, peerA, 0);
+    h.engine.startQuery(query(1));
+    encodePeerMessage(asReply(h.sent[1]!.msg, PM_MSG_ACC, { apPort: 33334 })).copy(batch, 100);
+    h.engine.receiveAt(batch, 100, 48, peerB, 2);
+    batch.fill(0xff);
+    expect(h.events.infos[0]!.remote).toEqual(parseIp(A_IP, 40000));
+    expect(h.events.infos[0]!.mappedRemote).toEqual(parseIp(A_IP, 40001));
+    expect(h.events.done[0]!.outcome).toEqual({ kind: 'accepted', mappedRemote: parseIp(B_IP, 33334) });
+  });
+
+  it('receiveAt reads a datagram at an offset of a larger buffer, as receive does with the datagram alone', () => {
+    const run = (feed: (e: PeerEngine, bytes: Buffer, src: PeerEndpoint, via: number) => void) => {
+      const h = single({ randomHandle: halves(() => 0xfedcba9876543210n) });
+      h.listeners.add(B_IP, 5000, 41000);
+      feed(h.engine, reqFrom(0x8000000180000002n), peerA, 0); // REQ -> ACC
+      feed(h.engine, reqFrom(0x8000000180000003n, { apPort: 5001 }), peerA, 0); // REQ -> REJ
+      h.engine.startQuery(query(1));
+      feed(h.engine, encodePeerMessage(asReply(h.sent[h.sent.length - 1]!.msg, PM_MSG_ACC, { apPort: 777 })), peerB, 2); // ACC -> ACK
+      feed(h.engine, encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACK)), peerA, 0); // ACK
+      feed(h.engine, Buffer.alloc(47, 0x04), peerA, 0); // malformed
+      return { sent: h.sent.map((x) => [x.bytes.toString('hex'), x.via]), done: h.events.done, infos: h.events.infos, stats: h.engine.stats() };
+    };
+    const plain = run((e, bytes, src, via) => e.receive(bytes, src, via));
+    let k = 0;
+    const inPlace = run((e, bytes, src, via) => {
+      const off = 3 + 11 * k++;
+      const batch = Buffer.alloc(off + bytes.length + 13, 0xa5);
+      bytes.copy(batch, off);
+      e.receiveAt(batch, off, bytes.length, src, via);
+    });
+    expect(inPlace).toEqual(plain);
+    expect(plain.done).toHaveLength(1);
+    expect(plain.done[0]!.outcome).toEqual({ kind: 'accepted', mappedRemote: parseIp(B_IP, 777) });
+    expect(plain.stats).toMatchObject({ txAcc: 1, txRej: 1, txAck: 1, acceptsCompleted: 1, rxMalformed: { length: 1 } });
   });
 });
 
@@ -657,7 +808,7 @@ function twoHosts(opts: { loss: number; seed: number; latencyMs?: number }) {
     const listeners = new TestListeners();
     const engine = new PeerEngine({
       now: () => clock.t,
-      random64: rng64(seed),
+      randomHandle: halves(rng64(seed)),
       events,
       lookup: listeners,
       send: (dest, bytes, via) => {

@@ -13,6 +13,8 @@ import {
   decodePeerMessage,
   encodePeerMessage,
   replyFromRaw,
+  writePeerReq,
+  writeReply,
 } from '../../src/codec/wire.js';
 
 /** Hex dump lines "00: 04 00 ..." (comments after the 16 bytes are ignored) → bytes. */
@@ -385,5 +387,65 @@ describe('wire codec: raw fast paths agree with decode/encode', () => {
     const ack = replyFromRaw(SPEC_ACC, PM_MSG_ACK);
     expect(ack[0]).toBe(0x24);
     expect(ack.subarray(1).equals(SPEC_ACC.subarray(1))).toBe(true);
+  });
+});
+
+describe('wire codec: writers without message objects', () => {
+  const halvesOf = (h: bigint): [number, number] => [Number(h >> 32n), Number(h & 0xffffffffn)];
+
+  it('writePeerReq == encodePeerMessage for the spec REQ and 10,000 random REQs, over whatever the buffer held', () => {
+    const [hi, lo] = halvesOf(specReq.assocHandle);
+    const out = Buffer.alloc(64, 0xee);
+    const cp = { ip: specReq.cpIp, port: specReq.cpPort };
+    const ap = { ip: specReq.apIp, port: specReq.apPort };
+    const mapped = { ip: ip4('192.168.1.10'), port: specReq.mappedCpPort };
+    expect(writePeerReq(out, 4, hi, lo, cp, ap, mapped).equals(SPEC_REQ)).toBe(true);
+    const r = rng(0xfeed);
+    for (let i = 0; i < 10_000; i++) {
+      const m = randomMessage(r);
+      if (m.type !== PM_MSG_REQ) continue;
+      m.pmtime = 0; // a REQ we send: pmtime 0
+      const dirty = randomBytes(r, 64);
+      const [h, l] = halvesOf(m.assocHandle);
+      const got = writePeerReq(dirty, m.ipVersion, h, l, { ip: m.cpIp, port: m.cpPort }, { ip: m.apIp, port: m.apPort }, { ip: m.mappedCpIp, port: m.mappedCpPort });
+      expect(got).toBe(dirty);
+      const want = encodePeerMessage(m);
+      if (!got.equals(want)) throw new Error(`REQ ${i}: ${got.toString('hex')} != ${want.toString('hex')}`);
+    }
+  });
+
+  it('writePeerReq: handle halves of 2^31 and above go on the wire unsigned', () => {
+    const out = writePeerReq(Buffer.alloc(64), 4, 0xffffffff, 0x80000000, { ip: ip4('10.0.0.1'), port: 1 }, { ip: ip4('10.0.0.2'), port: 2 }, { ip: ip4('10.0.0.1'), port: 3 });
+    expect(out.subarray(8, 16).toString('hex')).toBe('ffffffff80000000');
+    expect(decodeOk(out).assocHandle).toBe(0xffffffff80000000n);
+  });
+
+  it('writeReply reads the datagram at an offset, writes all 48 bytes, and agrees with replyFromRaw', () => {
+    const r = rng(5);
+    for (let i = 0; i < 5_000; i++) {
+      const m = randomMessage(r);
+      const raw = encodePeerMessage(m);
+      const off = 1 + Math.floor(r() * 40);
+      const batch = randomBytes(r, off + raw.length + 7);
+      raw.copy(batch, off);
+      const ap = { ip: randomBytes(r, m.ipVersion === 4 ? 4 : 16), port: Math.floor(r() * 65536) };
+      for (const t of [PM_MSG_ACC, PM_MSG_ACK, PM_MSG_REJ] as const) {
+        const withAp = t === PM_MSG_ACC;
+        const want = replyFromRaw(raw, t, withAp ? ap : undefined);
+        const got = writeReply(randomBytes(r, 48), batch, off, t, withAp ? ap.ip : undefined, withAp ? ap.port : 0);
+        if (!got.equals(want)) throw new Error(`type ${t} at ${off}: ${got.toString('hex')} != ${want.toString('hex')}`);
+      }
+    }
+  });
+
+  it('classifyPeerDatagram of b[off, off + len) == classifyPeerDatagram of that slice', () => {
+    const r = rng(9);
+    for (let i = 0; i < 10_000; i++) {
+      const len = r() < 0.8 ? (r() < 0.5 ? 48 : 64) : Math.floor(r() * 100);
+      const off = Math.floor(r() * 20);
+      const b = randomBytes(r, off + len + Math.floor(r() * 20));
+      if (r() < 0.7 && len > 0) b[off] = (b[off]! & 0x30) | (r() < 0.5 ? 4 : 6);
+      expect(classifyPeerDatagram(b, off, len)).toBe(classifyPeerDatagram(b.subarray(off, off + len)));
+    }
   });
 });
