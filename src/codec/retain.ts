@@ -29,6 +29,44 @@ export class SlabArena {
 }
 
 /**
+ * Fixed-size blocks for state that ends in no particular order (a mapping lives as long
+ * as its connection). Blocks given back are handed out again, so the memory follows the
+ * peak number of blocks in use, whatever the order they end in; a bump arena alone would
+ * keep a slab alive for one long-lived block among many short-lived ones.
+ *
+ * The caller must give a block back only when nothing reads it any more.
+ */
+export class BlockPool {
+  private readonly arena: SlabArena;
+  private readonly free: Buffer[] = [];
+  private taken = 0;
+
+  constructor(
+    readonly blockBytes: number,
+    blocksPerSlab = 32,
+  ) {
+    this.arena = new SlabArena(((blockBytes + 7) & ~7) * blocksPerSlab);
+  }
+
+  /** A block of blockBytes uninitialised bytes. */
+  take(): Buffer {
+    this.taken++;
+    return this.free.pop() ?? this.arena.alloc(this.blockBytes);
+  }
+
+  /** Give back a block from take(), for reuse. */
+  give(block: Buffer): void {
+    this.taken--;
+    this.free.push(block);
+  }
+
+  /** Blocks in use, and blocks given back waiting for reuse. */
+  get stats(): { inUse: number; spare: number } {
+    return { inUse: this.taken, spare: this.free.length };
+  }
+}
+
+/**
  * Peer conversation state (an ACC kept for retransmission and duplicates, the peer's
  * address): lives for seconds and expires in roughly the order it was made.
  */

@@ -45,7 +45,7 @@ import {
   type WireAddr,
 } from '../codec/iwpm.js';
 import { align4, messageLengthAt } from '../codec/netlink.js';
-import { SlabArena } from '../codec/retain.js';
+import { BlockPool } from '../codec/retain.js';
 import {
   SOCKADDR_STORAGE_SIZE,
   type SockAddr,
@@ -216,8 +216,10 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   private readonly sentSeq = new Uint32Array(SENT_MEMORY);
   private readonly sentOp = new Uint16Array(SENT_MEMORY);
   private readonly hdr: DaemonHeader = { seq: 0, pid: 0 };
-  /** Where mappings keep their bytes (8 KiB slabs: about 30 mappings each). */
-  private readonly mappingBytes = new SlabArena(8192);
+  /** Where mappings keep their bytes: one block each, reused once the mapping is gone. */
+  private readonly mappingBlocks = new BlockPool(MAPPING_BLOCK);
+  /** Blocks of mappings removed in this batch: reusable once its replies are built and sent. */
+  private blocksToFree: Buffer[] = [];
 
   // Per-batch state.
   private out: Outgoing[] = [];
@@ -674,6 +676,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     m.refCount--;
     if (m.refCount > 0) return;
     this.table.remove(m);
+    this.forget(m);
     if (m.fd >= 0) this.toClose.push({ fd: m.fd, port: m.mapped.port });
     m.fd = -1;
     this.cancelQueriesOf(m);
@@ -760,7 +763,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   ): Mapping {
     // A mapping may live as long as its connection: its bytes (the kernel's local address,
     // the mapped address, the IP) get a block of their own, away from short-lived messages.
-    const block = this.mappingBytes.alloc(MAPPING_BLOCK);
+    const block = this.mappingBlocks.take();
     const localRaw = block.subarray(0, SOCKADDR_STORAGE_SIZE);
     localRaw.fill(0);
     local.raw.copy(localRaw, 0, 0, SOCKADDR_STORAGE_SIZE);
@@ -788,6 +791,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       createdAtMs: this.deps.now(),
       state: 'pending',
       replayGen: source === 'mapinfo' ? this.replayGen : undefined,
+      block,
     };
   }
 
@@ -831,6 +835,13 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     }
   }
 
+  /** A mapping left the table: its block is given back at the end of the batch. */
+  private forget(m: Mapping): void {
+    if (m.block === undefined) return;
+    this.blocksToFree.push(m.block);
+    m.block = undefined;
+  }
+
   private settle(m: Mapping, r: { fd: number; port: number; errno: number }, how: 'reserve' | 'reopen'): void {
     if (r.errno === 0) {
       m.fd = r.fd;
@@ -848,6 +859,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     if (how === 'reserve') {
       m.state = 'failed';
       this.table.remove(m);
+      this.forget(m);
       this.warn('reserve', `cannot reserve a TCP port for ${formatAddr(m.local)}: ${code}`);
     } else {
       // The kernel keeps using this port whatever we do: keep the mapping (so peers
@@ -881,6 +893,12 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       for (const q of start) {
         if (this.queries.get(q.id) === q) peer.startQuery({ id: q.id, local: q.local, mapped: q.mapping.mapped, remote: q.remote.addr });
       }
+    }
+    // Nothing of this batch reads a removed mapping's bytes any more (the peer side copies
+    // what it keeps): their blocks can be reused.
+    if (this.blocksToFree.length > 0) {
+      for (const b of this.blocksToFree) this.mappingBlocks.give(b);
+      this.blocksToFree = [];
     }
   }
 

@@ -30,6 +30,8 @@ export interface Mapping {
   state: 'pending' | 'bound' | 'unreserved' | 'failed';
   /** Replay generation that created it (MAPINFO), for rebuilding reference counts. */
   readonly replayGen?: number;
+  /** The block holding localRaw, mappedRaw and the IP (the daemon's BlockPool); undefined once given back. */
+  block?: Buffer;
 }
 
 type Key = number | string;

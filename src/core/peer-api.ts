@@ -8,7 +8,11 @@
  */
 import type { SockAddr } from '../codec/sockaddr.js';
 
-/** A listener mapping as the peer side needs it (spec §5.4). */
+/**
+ * A listener mapping as the peer side needs it (spec §5.4). Its buffers are the mapping's
+ * own and are reused once the mapping is removed: read them during the call, copy what
+ * a conversation keeps.
+ */
 export interface ListenerView {
   /** The mapping's stored local address (wildcard IP for a wildcard listener) and the kernel's raw 128 bytes. */
   local: SockAddr;

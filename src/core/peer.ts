@@ -860,7 +860,9 @@ export class PeerEngine implements PeerPort {
       return;
     }
 
-    if (wireIp === ap.ip) wireIp = retainCopy(ap.ip, 0, n);
+    // kept for the conversation: a copy (ap.ip is reused per datagram; a listener's IP lives
+    // in its mapping's block, which is reused once the mapping is removed)
+    wireIp = retainCopy(wireIp, 0, n);
     const acc = writeReply(allocRetained(PM_MESSAGE_SIZE), b, o, PM_MSG_ACC, wireIp, wirePort);
     const conv: AcceptConv = {
       kind: 'accept',

@@ -417,6 +417,18 @@ describe('PeerEngine: listening side', () => {
     expect(h.sent[2]!.bytes.equals(h.sent[0]!.bytes)).toBe(true);
   });
 
+  it("a conversation keeps its own copy of the listener's IP: the mapping's bytes may be reused once it is removed", () => {
+    const h = single();
+    const m = h.listeners.add(B_IP, 5000, 33333);
+    h.engine.receive(reqFrom(9n), peerA, 0);
+    expect(h.engine.stats()).toMatchObject({ liveAccepts: 1 });
+    // the listener goes away and the daemon hands its block to another mapping
+    h.listeners.remove(m);
+    m.mapped.ip.fill(0x77);
+    h.engine.receive(encodePeerMessage(asReply(h.sent[0]!.msg, PM_MSG_ACK)), peerA, 0);
+    expect(h.engine.stats()).toMatchObject({ acceptsCompleted: 1, ackStale: 0, liveAccepts: 0 });
+  });
+
   it('REQ for a specific listener: ACC carries the mapped IP and port', () => {
     const h = single();
     h.listeners.add(B_IP, 5000, 41000);
