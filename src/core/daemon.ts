@@ -916,7 +916,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
   /** Fuzzy lookup for the peer side; a mapping whose port is not settled is not a listener yet. */
   private settledView(addr: SockAddr, against: 'local' | 'mapped'): ListenerView | undefined {
     const m = this.table.findFuzzy(addr, against);
-    return m && m.state !== 'pending' && m.state !== 'failed' ? listenerView(m) : undefined;
+    // the mapping itself (no copy per lookup): the peer side only reads it during the call
+    return m && m.state !== 'pending' && m.state !== 'failed' ? m : undefined;
   }
 
   queryDone(id: number, outcome: QueryOutcome): void {
