@@ -588,6 +588,11 @@ if (os.loadavg()[0] > 0.5 * m.nproc) {
 }
 const results = {};
 const t0 = performance.now();
+if (S.profile) {
+  // the summary reads every profile in the directory: only this run's
+  const dir = join(OUT, 'prof');
+  if (existsSync(dir)) for (const f of readdirSync(dir)) if (f.endsWith('.cpuprofile')) unlinkSync(join(dir, f));
+}
 function line(w, rep, d, r) {
   const l = r.latency;
   log(
