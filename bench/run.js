@@ -36,13 +36,14 @@ const HELP = `Usage: node bench/run.js [options]      (npm run bench -- [options
 Workloads (all against both daemons, alternating, --reps times each):
   churn     ADD+REMOVE of listener mappings on distinct 127.0.0.1 ports (real port reservations)
   held      fill ${'--held'} mappings, then the same churn at that level
+  query1    QUERY round trips one at a time (window 1): latency without load
   query64   QUERY round trips through the daemon talking to itself, window 64
   query256  same, window 256
 
 Options (each also readable from the environment as BENCH_<NAME>, e.g. BENCH_REPS=5):
   --quick               short smoke run (1 repetition, short intervals; < 1 min)
   --reps N              repetitions per workload and daemon (default 3; quick 1)
-  --only LIST           comma list of workloads (churn,held,query64,query256)
+  --only LIST           comma list of workloads (churn,held,query1,query64,query256)
   --daemons LIST        comma list: ours,rdma-core,floor (default ours,rdma-core). floor is
                         bench/floor/iwpm-floor.c, a minimal single-threaded C responder
                         (bench-only, not a port mapper): the machine's ceiling
@@ -108,6 +109,7 @@ const S = {
   churnWindow: num('churn-window', 64),
   held: num('held', quick ? 10000 : 19500),
   heldMs: num('held-ms', quick ? 2000 : 5000),
+  query1Ms: num('query-ms', quick ? 3000 : 5000),
   query64Ms: num('query-ms', quick ? 3000 : 10000),
   query256Ms: num('query-ms', quick ? 3000 : 20000),
   drainMs: num('drain-ms', quick ? 3000 : 10500),
@@ -115,7 +117,7 @@ const S = {
   nofile: num('nofile', 65536),
   profile: a.profile || opt('profile', '') === '1',
 };
-const ALL = ['churn', 'held', 'query64', 'query256'];
+const ALL = ['churn', 'held', 'query1', 'query64', 'query256'];
 const only = (a.only ?? opt('only', ALL.join(','))).split(',').map((s) => s.trim()).filter(Boolean);
 for (const w of only) if (!ALL.includes(w)) throw new Error(`unknown workload ${w} (${ALL.join(', ')})`);
 const daemons = (a.daemons ?? opt('daemons', 'ours,rdma-core')).split(',').map((s) => s.trim()).filter(Boolean);
@@ -351,6 +353,11 @@ const WORKLOADS = {
       }
       return out;
     },
+  },
+  query1: {
+    title: 'c) QUERY round trips through the daemon talking to itself on 127.0.0.1, one at a time (window 1)',
+    unit: 'queries/s',
+    run: (k, meter) => queries(k, { ...q(1, S.query1Ms), cpu: meter() }),
   },
   query64: {
     title: 'c) QUERY round trips through the daemon talking to itself on 127.0.0.1, window 64',
