@@ -1070,6 +1070,12 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     return held.length;
   }
 
+  /** Where mappings keep their bytes: blocks in use (one per mapping) and given back for reuse. */
+  storageStats(): { mappingBlocks: number; spareBlocks: number; blockBytes: number } {
+    const st = this.mappingBlocks.stats;
+    return { mappingBlocks: st.inUse, spareBlocks: st.spare, blockBytes: MAPPING_BLOCK };
+  }
+
   get pendingQueries(): number {
     return this.queries.size;
   }

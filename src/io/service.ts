@@ -240,6 +240,23 @@ export class Service {
       ports: this.ports.stats,
       portPool: this.native.portPoolStats(),
       peer: this.peer?.stats(),
+      memory: this.memory(),
+    };
+  }
+
+  /** Process memory (bytes) and the mappings' share of it. */
+  private memory(): Record<string, number> {
+    const m = process.memoryUsage();
+    const st = this.daemon.storageStats();
+    return {
+      rss: m.rss,
+      heapUsed: m.heapUsed,
+      heapTotal: m.heapTotal,
+      external: m.external,
+      arrayBuffers: m.arrayBuffers,
+      mappingBlocks: st.mappingBlocks,
+      spareMappingBlocks: st.spareBlocks,
+      mappingBlockBytes: (st.mappingBlocks + st.spareBlocks) * st.blockBytes,
     };
   }
 

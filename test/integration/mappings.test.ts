@@ -201,9 +201,14 @@ describe('ADD_MAPPING', () => {
     const ports = rs.map((r) => r.mapped.port);
     expect(new Set(ports).size).toBe(50);
     for (const M of ports) expect(rawBind(M)).toBe(EADDRINUSE);
+    const mem = () => (rig.daemon.ctl('show', 'stats') as { memory: Record<string, number> }).memory;
+    expect(mem()).toMatchObject({ mappingBlocks: 50, spareMappingBlocks: 0 });
+    expect(mem().rss).toBeGreaterThan(mem().heapUsed);
     for (const l of locals) sim.remove(l);
     await sim.barrier();
     for (const M of ports) await expectReleased(M);
+    // the removed mappings' blocks wait for reuse
+    expect(mem()).toMatchObject({ mappingBlocks: 0, spareMappingBlocks: 50, mappingBlockBytes: 50 * 272 });
     expectClean(sim);
   });
 });
