@@ -9,18 +9,17 @@ import {
   type NlHeader,
   type NlMessage,
   NLA_HDRLEN,
-  NLA_TYPE_MASK,
   NLM_F_MULTI,
   NLM_F_REQUEST,
   NLMSG_HDRLEN,
   NLMSG_DONE,
   NLMSG_ERROR,
-  align4,
   bytes,
   encodeMessage,
   parseAttrs,
   readCString,
   readHeader,
+  scanAttrs,
   str,
   u16,
   u32,
@@ -174,29 +173,6 @@ type Needs = { type: number; kind: 'u16' | 'u32' | 'addr' | 'string'; max?: numb
 const attrOff = new Int32Array(16);
 const attrLen = new Int32Array(16);
 
-/**
- * Scan the attributes in buf[from, end) (no family header) into attrOff/attrLen.
- * Types above `maxType` are ignored and the last occurrence of a type wins, as
- * nla_parse; fewer than 4 trailing bytes are tolerated. Returns a reason or undefined.
- * The same rules (and reasons) as parseAttrs.
- */
-function scanAttrs(buf: Buffer, from: number, end: number, maxType: number): string | undefined {
-  attrOff.fill(-1, 0, maxType + 1);
-  let off = from;
-  while (off + NLA_HDRLEN <= end) {
-    const len = buf[off]! | (buf[off + 1]! << 8);
-    const type = (buf[off + 2]! | (buf[off + 3]! << 8)) & NLA_TYPE_MASK;
-    if (len < NLA_HDRLEN) return `attribute at offset ${off - from} has nla_len ${len} < 4`;
-    if (off + len > end) return `attribute ${type} at offset ${off - from} (nla_len ${len}) runs past the message end`;
-    if (type <= maxType) {
-      attrOff[type] = off + NLA_HDRLEN;
-      attrLen[type] = len - NLA_HDRLEN;
-    }
-    off += align4(len);
-  }
-  return undefined;
-}
-
 /** Validate the scanned attributes against a policy; returns a reason or undefined. */
 function check(buf: Buffer, needs: readonly Needs[]): string | undefined {
   for (const n of needs) {
@@ -331,7 +307,7 @@ export function decodeKernelMessageAt(buf: Buffer, off: number, len: number): Ke
 
   const p = POLICIES[opcode];
   if (!p) return { op: 'unknown_op', client, header, opcode };
-  const scanned = scanAttrs(buf, body, end, p.max);
+  const scanned = scanAttrs(buf, body, end, p.max, attrOff, attrLen);
   if (scanned) return invalid(scanned);
   const bad = check(buf, p.policy);
   if (bad) return invalid(bad);

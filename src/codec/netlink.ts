@@ -112,23 +112,37 @@ export type AttrTable = (Buffer | undefined)[];
 export type AttrParse = { ok: true; attrs: AttrTable } | { ok: false; reason: string };
 
 /**
- * Parse attributes (no family header: they start right after the netlink header).
- * Types above `maxType` are ignored (liberal parsing, as the kernel and rdma-core do).
+ * Scan the attributes in buf[from, end) (no family header: they start right after the
+ * netlink header) into off/len by type: the value's offset in `buf` and its length, -1
+ * in off[type] when absent. Types above `maxType` are ignored and the last occurrence
+ * of a type wins (liberal parsing, as nla_parse, the kernel and rdma-core do); fewer
+ * than 4 trailing bytes are tolerated (nla_ok semantics). Returns a reason or undefined.
  */
-export function parseAttrs(payload: Buffer, maxType: number): AttrParse {
-  const attrs: AttrTable = new Array(maxType + 1);
-  let off = 0;
-  while (off + NLA_HDRLEN <= payload.length) {
-    const len = payload.readUInt16LE(off);
-    const type = payload.readUInt16LE(off + 2) & NLA_TYPE_MASK;
-    if (len < NLA_HDRLEN) return { ok: false, reason: `attribute at offset ${off} has nla_len ${len} < 4` };
-    if (off + len > payload.length) {
-      return { ok: false, reason: `attribute ${type} at offset ${off} (nla_len ${len}) runs past the message end` };
+export function scanAttrs(buf: Uint8Array, from: number, end: number, maxType: number, off: Int32Array, len: Int32Array): string | undefined {
+  off.fill(-1, 0, maxType + 1);
+  let at = from;
+  while (at + NLA_HDRLEN <= end) {
+    const n = buf[at]! | (buf[at + 1]! << 8);
+    const type = (buf[at + 2]! | (buf[at + 3]! << 8)) & NLA_TYPE_MASK;
+    if (n < NLA_HDRLEN) return `attribute at offset ${at - from} has nla_len ${n} < 4`;
+    if (at + n > end) return `attribute ${type} at offset ${at - from} (nla_len ${n}) runs past the message end`;
+    if (type <= maxType) {
+      off[type] = at + NLA_HDRLEN;
+      len[type] = n - NLA_HDRLEN;
     }
-    if (type <= maxType) attrs[type] = payload.subarray(off + NLA_HDRLEN, off + len);
-    off += align4(len);
+    at += align4(n);
   }
-  // Fewer than 4 trailing bytes are tolerated (nla_ok semantics).
+  return undefined;
+}
+
+/** scanAttrs as a table of views into `payload`, by type. */
+export function parseAttrs(payload: Buffer, maxType: number): AttrParse {
+  const off = new Int32Array(maxType + 1);
+  const len = new Int32Array(maxType + 1);
+  const reason = scanAttrs(payload, 0, payload.length, maxType, off, len);
+  if (reason !== undefined) return { ok: false, reason };
+  const attrs: AttrTable = new Array(maxType + 1);
+  for (let t = 0; t <= maxType; t++) if (off[t]! >= 0) attrs[t] = payload.subarray(off[t]!, off[t]! + len[t]!);
   return { ok: true, attrs };
 }
 

@@ -1095,16 +1095,6 @@ export interface MappingInfo {
 }
 
 /** What the peer side sees of a mapping (MappingLookup answers). */
-export function listenerView(m: Mapping): ListenerView {
-  return {
-    local: m.local,
-    localRaw: m.localRaw,
-    mapped: m.mapped,
-    mappedRaw: m.mappedRaw,
-    wildcard: m.wildcard,
-    ownerClient: m.ownerClient,
-  };
-}
 
 /** The kernel's address with IP and port replaced (keeps IPv6 scope id); encoded from zeroed bytes. */
 function withRawAddr(raw: Buffer, a: SockAddr): SockAddr {

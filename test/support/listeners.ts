@@ -4,7 +4,6 @@
  */
 import { type SockAddr, encodeSockaddr, isWildcard, parseIp } from '../../src/codec/sockaddr.js';
 import { type Mapping, MappingTable } from '../../src/core/mappings.js';
-import { listenerView as view } from '../../src/core/daemon.js';
 import type { ListenerView, MappingLookup } from '../../src/core/peer-api.js';
 
 export class TestListeners implements MappingLookup {
@@ -40,12 +39,10 @@ export class TestListeners implements MappingLookup {
 
   findListener(addr: SockAddr): ListenerView | undefined {
     this.lookups++;
-    const m = this.table.findFuzzy(addr, 'local');
-    return m ? view(m) : undefined;
+    return this.table.findFuzzy(addr, 'local'); // the mapping itself, as the daemon answers
   }
 
   findByMapped(addr: SockAddr): ListenerView | undefined {
-    const m = this.table.findFuzzy(addr, 'mapped');
-    return m ? view(m) : undefined;
+    return this.table.findFuzzy(addr, 'mapped');
   }
 }
