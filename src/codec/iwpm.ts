@@ -15,7 +15,9 @@ import {
   NLMSG_DONE,
   NLMSG_ERROR,
   bytes,
+  doneStatusAt,
   encodeMessage,
+  errorAt,
   parseAttrs,
   readCString,
   readHeader,
@@ -293,13 +295,11 @@ export function decodeKernelMessageAt(buf: Buffer, off: number, len: number): Ke
   const client = clientOf(header.type);
   const body = off + NLMSG_HDRLEN;
   const end = off + len;
-  if (header.type === NLMSG_DONE) {
-    return { op: 'done', client: 0, header, status: len >= NLMSG_HDRLEN + 4 ? buf.readInt32LE(body) : undefined };
-  }
+  if (header.type === NLMSG_DONE) return { op: 'done', client: 0, header, status: doneStatusAt(buf, body, len - NLMSG_HDRLEN) };
   if (header.type === NLMSG_ERROR) {
-    if (len < NLMSG_HDRLEN + 4) return { op: 'invalid', client: 0, header, opcode: -1, reason: 'NLMSG_ERROR shorter than 4 bytes' };
-    const original = len >= NLMSG_HDRLEN + 4 + NLMSG_HDRLEN ? readHeader(buf, body + 4) : undefined;
-    return { op: 'error', client: 0, header, error: buf.readInt32LE(body), original };
+    const e = errorAt(buf, body, len - NLMSG_HDRLEN);
+    if (!e) return { op: 'invalid', client: 0, header, opcode: -1, reason: 'NLMSG_ERROR shorter than 4 bytes' };
+    return { op: 'error', client: 0, header, error: e.error, original: e.original };
   }
   if (header.type < 0x10) return { op: 'noop', client: 0, header };
   const opcode = opOf(header.type);

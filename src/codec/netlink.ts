@@ -223,7 +223,12 @@ export const str = (type: number, value: string): AttrSpec => ({ type, v: { kind
 
 /** NLMSG_DONE payload: optional s32 status (the kernel handler's return value). */
 export function decodeDoneStatus(m: NlMessage): number | undefined {
-  return m.payload.length >= 4 ? m.payload.readInt32LE(0) : undefined;
+  return doneStatusAt(m.payload, 0, m.payload.length);
+}
+
+/** decodeDoneStatus of a payload at buf[off, off + len). */
+export function doneStatusAt(buf: Buffer, off: number, len: number): number | undefined {
+  return len >= 4 ? buf.readInt32LE(off) : undefined;
 }
 
 export interface NlError {
@@ -234,9 +239,14 @@ export interface NlError {
 }
 
 export function decodeError(m: NlMessage): NlError | undefined {
-  if (m.payload.length < 4) return undefined;
-  const error = m.payload.readInt32LE(0);
-  const original = m.payload.length >= 4 + NLMSG_HDRLEN ? readHeader(m.payload, 4) : undefined;
+  return errorAt(m.payload, 0, m.payload.length);
+}
+
+/** decodeError of a payload at buf[off, off + len). */
+export function errorAt(buf: Buffer, off: number, len: number): NlError | undefined {
+  if (len < 4) return undefined;
+  const error = buf.readInt32LE(off);
+  const original = len >= 4 + NLMSG_HDRLEN ? readHeader(buf, off + 4) : undefined;
   return { error, original };
 }
 

@@ -7,6 +7,8 @@
  * instead, whose slabs hold only bytes of the same kind, so a slab is garbage once
  * the things allocated from it are.
  */
+import { copyInto } from './sockaddr.js';
+
 export class SlabArena {
   private slab: Buffer;
   private used = 0;
@@ -80,6 +82,6 @@ export function allocRetained(n: number): Buffer {
 /** A retained copy of src[off, off + n). */
 export function retainCopy(src: Uint8Array, off: number, n: number): Buffer {
   const out = allocRetained(n);
-  for (let i = 0; i < n; i++) out[i] = src[off + i]!;
+  copyInto(out, 0, src, off, n);
   return out;
 }

@@ -54,8 +54,16 @@ export function decodeSockaddr(b: Buffer | undefined): SockAddrDecode {
 export function copyBytes(b: Uint8Array, off: number, n: number): Buffer {
   const out = Buffer.allocUnsafe(n);
   if (n > 16) out.set(b.subarray(off, off + n));
-  else for (let i = 0; i < n; i++) out[i] = b[off + i]!;
+  else copyInto(out, 0, b, off, n);
   return out;
+}
+
+/**
+ * src[srcOff, srcOff + n) to dst[dstOff, dstOff + n), byte by byte: for the few bytes of
+ * an address or a peer message, cheaper than set(subarray(...)), which makes a view.
+ */
+export function copyInto(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff: number, n: number): void {
+  for (let i = 0; i < n; i++) dst[dstOff + i] = src[srcOff + i]!;
 }
 
 /**
@@ -80,9 +88,15 @@ export function writeSockaddr(out: Buffer, off: number, a: SockAddr): void {
 /** Encode into a fresh 128-byte buffer; every unused byte is zero. */
 export function encodeSockaddr(a: SockAddr): Buffer {
   // pooled and zeroed by hand: Buffer.alloc makes an ArrayBuffer per call (~7x slower)
-  const b = Buffer.allocUnsafe(SOCKADDR_STORAGE_SIZE).fill(0);
-  writeSockaddr(b, 0, a);
+  const b = Buffer.allocUnsafe(SOCKADDR_STORAGE_SIZE);
+  putSockaddr(b, 0, a);
   return b;
+}
+
+/** `a` as 128 bytes at out[off], whatever they held: every unused byte zeroed. */
+export function putSockaddr(out: Buffer, off: number, a: SockAddr): void {
+  out.fill(0, off, off + SOCKADDR_STORAGE_SIZE);
+  writeSockaddr(out, off, a);
 }
 
 export function isWildcard(a: SockAddr): boolean {

@@ -17,6 +17,8 @@
  * are written as zeros and ignored on receive (rdma-core puts stack garbage there).
  */
 
+import { copyInto } from './sockaddr.js';
+
 /** rdma-core's IWARP_PM_PORT. */
 export const IWARP_PM_PORT = 3935;
 
@@ -87,7 +89,7 @@ function putIp(out: Buffer, offset: number, ip: Buffer, v: IpVersion): void {
 }
 
 /** An address as the writers below need it (SockAddr fits). */
-export interface WireAddr {
+export interface IpPort {
   /** 4 bytes (IPv4) or 16 bytes (IPv6). */
   ip: Uint8Array;
   port: number;
@@ -95,7 +97,7 @@ export interface WireAddr {
 
 /** ip's first n bytes at out[off], zeros up to 16 bytes. */
 function putIp16(out: Buffer, off: number, ip: Uint8Array, n: number): void {
-  for (let i = 0; i < n; i++) out[off + i] = ip[i]!;
+  copyInto(out, off, ip, 0, n);
   for (let i = n; i < 16; i++) out[off + i] = 0;
 }
 
@@ -105,7 +107,7 @@ function putIp16(out: Buffer, off: number, ip: Uint8Array, n: number): void {
  * `cp`, accepting peer `ap` and the connecting peer's mapped address `mappedCp` (its
  * port goes in `reserved`). No message object, no BigInt.
  */
-export function writePeerReq(out: Buffer, ipVersion: IpVersion, hi: number, lo: number, cp: WireAddr, ap: WireAddr, mappedCp: WireAddr): Buffer {
+export function writePeerReq(out: Buffer, ipVersion: IpVersion, hi: number, lo: number, cp: IpPort, ap: IpPort, mappedCp: IpPort): Buffer {
   const n = ipLen(ipVersion);
   out[0] = (PM_PROTOCOL_VERSION << VER_SHIFT) | (PM_MSG_REQ << MT_SHIFT) | ipVersion;
   out[1] = 0;
@@ -234,15 +236,14 @@ export function replyFromRaw(
  * apipaddr and apPort apport when apIp is given. received and out must not overlap.
  */
 export function writeReply(out: Buffer, received: Uint8Array, off: number, type: PeerReply['type'], apIp?: Uint8Array, apPort = 0): Buffer {
-  for (let i = 0; i < PM_MESSAGE_SIZE; i++) out[i] = received[off + i]!;
+  copyInto(out, 0, received, off, PM_MESSAGE_SIZE);
   const ipv = received[off]! & IPVER_MASK;
   out[0] = (PM_PROTOCOL_VERSION << VER_SHIFT) | (type << MT_SHIFT) | ipv;
   out[2] = 0;
   out[3] = 0;
   if (apIp !== undefined) {
     out.writeUInt16BE(apPort & 0xffff, 4);
-    const n = Math.min(ipv === 4 ? 4 : 16, apIp.length);
-    for (let i = 0; i < n; i++) out[32 + i] = apIp[i]!;
+    copyInto(out, 32, apIp, 0, Math.min(ipv === 4 ? 4 : 16, apIp.length));
   }
   if (ipv === 4) {
     out.fill(0, 20, 32);

@@ -51,9 +51,9 @@ import {
   type SockAddr,
   formatAddr,
   isWildcard,
+  putSockaddr,
   sameAddr,
   withPort,
-  writeSockaddr,
 } from '../codec/sockaddr.js';
 import { ClientRegistry } from './clients.js';
 import { type Logger, LogLimiter } from './log.js';
@@ -765,8 +765,8 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     // the mapped address, the IP) get a block of their own, away from short-lived messages.
     const block = this.mappingBlocks.take();
     const localRaw = block.subarray(0, SOCKADDR_STORAGE_SIZE);
-    localRaw.fill(0);
-    local.raw.copy(localRaw, 0, 0, SOCKADDR_STORAGE_SIZE);
+    const n = local.raw.copy(localRaw, 0, 0, SOCKADDR_STORAGE_SIZE);
+    if (n < SOCKADDR_STORAGE_SIZE) localRaw.fill(0, n); // the decoder's copies are always 128 bytes
     const a = local.addr;
     const ip = block.subarray(2 * SOCKADDR_STORAGE_SIZE, 2 * SOCKADDR_STORAGE_SIZE + a.ip.length);
     a.ip.copy(ip);
@@ -774,8 +774,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
     // Built from zeroed bytes: family, IP, flowinfo and scope id of the local address, the mapped port.
     const mapped = withPort(own, mappedPort);
     const mappedRaw = block.subarray(SOCKADDR_STORAGE_SIZE, 2 * SOCKADDR_STORAGE_SIZE);
-    mappedRaw.fill(0);
-    writeSockaddr(mappedRaw, 0, mapped);
+    putSockaddr(mappedRaw, 0, mapped);
     return {
       id: this.table.newId(),
       local: own,
@@ -849,8 +848,7 @@ export class IwpmDaemon implements MappingLookup, PeerEvents {
       if (how === 'reserve') {
         // the mapped address changes only its port: rewrite it in place
         const mapped = withPort(m.local, r.port);
-        m.mappedRaw.fill(0);
-        writeSockaddr(m.mappedRaw, 0, mapped);
+        putSockaddr(m.mappedRaw, 0, mapped);
         this.table.setMapped(m, mapped, m.mappedRaw);
       }
       return;

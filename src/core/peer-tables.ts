@@ -4,7 +4,7 @@
  * through these, and as JS objects they were most of what every young-generation GC
  * had to copy and promote (the pauses behind the QUERY latency tail).
  */
-import { AF_INET, AF_INET6, formatIp } from '../codec/sockaddr.js';
+import { AF_INET, AF_INET6, copyInto, formatIp } from '../codec/sockaddr.js';
 import { IntIndex } from './int-index.js';
 
 /** Recently used handles (by table key), forgotten in time order. */
@@ -289,18 +289,18 @@ export class Lingering {
     this.wirePort[i] = wirePort;
     this.wireLen[i] = wireIp.length;
     // byte loops, not set(subarray): no view object per entry
-    copyInto(this.wireIp, 16 * i, wireIp, Math.min(wireIp.length, 16));
+    copyInto(this.wireIp, 16 * i, wireIp, 0, Math.min(wireIp.length, 16));
     const raw = peer.raw;
     if (raw !== undefined) {
       this.peerLen[i] = raw.length;
-      copyInto(this.peerIp, 16 * i, raw, Math.min(raw.length, 16));
+      copyInto(this.peerIp, 16 * i, raw, 0, Math.min(raw.length, 16));
       this.peerScope[i] = peer.scopeId ?? 0;
       if (this.peerText[i] !== undefined) this.peerText[i] = undefined;
     } else {
       this.peerLen[i] = 0;
       this.peerText[i] = peer.ip;
     }
-    copyInto(this.acc, 48 * i, acc, Math.min(acc.length, 48));
+    copyInto(this.acc, 48 * i, acc, 0, Math.min(acc.length, 48));
     this.until[i] = untilMs;
     const s = this.seqNext++;
     this.seq[i] = s;
@@ -349,9 +349,7 @@ export class Lingering {
 
   /** A copy of the entry's ACC. */
   accCopy(i: number, out: Buffer): Buffer {
-    const a = this.acc;
-    const o = 48 * i;
-    for (let k = 0; k < 48; k++) out[k] = a[o + k]!;
+    copyInto(out, 0, this.acc, 48 * i, 48);
     return out;
   }
 
@@ -388,9 +386,4 @@ export class Lingering {
     this.head = (this.head + 1) % this.keys.length;
     this.count--;
   }
-}
-
-/** src[0, n) to dst[off, off + n). */
-function copyInto(dst: Uint8Array, off: number, src: Uint8Array, n: number): void {
-  for (let k = 0; k < n; k++) dst[off + k] = src[k]!;
 }

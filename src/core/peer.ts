@@ -770,7 +770,7 @@ export class PeerEngine implements PeerPort {
     const ipVersion = c & 0x0f;
     const type = c >> 4;
     if (this.log.debugEnabled) {
-      this.log.debug(`peer: ${PM_TYPE_NAMES[type]} h=${data.readBigUInt64BE(off + OFF_HANDLE).toString(16)} from ${src.ip}:${src.port}`);
+      this.log.debug(`peer: ${PM_TYPE_NAMES[type]} h=${handleHex(u32(data, off + OFF_HANDLE), u32(data, off + OFF_HANDLE + 4))} from ${src.ip}:${src.port}`);
     }
     switch (type) {
       case PM_MSG_REQ:
