@@ -227,9 +227,14 @@ void BatchSocket::Drain(bool pollerr) {
       rx_msgs_[i].msg_hdr.msg_flags = 0;
       rx_msgs_[i].msg_len = 0;
     }
-    int n = recvmmsg(fd_, &rx_msgs_[got], batch_ - got, MSG_DONTWAIT, nullptr);
+    uint32_t want = batch_ - got;
+    int n = recvmmsg(fd_, &rx_msgs_[got], want, MSG_DONTWAIT, nullptr);
     if (n > 0) {
       got += static_cast<uint32_t>(n);
+      // Fewer than asked for: the queue was empty a moment ago. Asking again would
+      // mostly cost a syscall that ends in EAGAIN; the poll is level-triggered, so
+      // whatever arrives meanwhile wakes us on the next turn.
+      if (static_cast<uint32_t>(n) < want) break;
       continue;
     }
     int err = n == 0 ? EAGAIN : errno;
