@@ -50,10 +50,13 @@ export function decodeSockaddr(b: Buffer | undefined): SockAddrDecode {
   return { ok: false, reason: `unsupported address family ${family}` };
 }
 
-/** A copy of b[off, off + n) (from Node's pool: cheaper than Buffer.from for a few bytes). */
+/**
+ * A copy of b[off, off + n) (from Node's pool: cheaper than Buffer.from for a few bytes).
+ * Up to a sockaddr_storage a byte loop beats set(subarray(...)), which makes a view object.
+ */
 export function copyBytes(b: Uint8Array, off: number, n: number): Buffer {
   const out = Buffer.allocUnsafe(n);
-  if (n > 16) out.set(b.subarray(off, off + n));
+  if (n > SOCKADDR_STORAGE_SIZE) out.set(b.subarray(off, off + n));
   else copyInto(out, 0, b, off, n);
   return out;
 }

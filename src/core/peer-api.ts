@@ -71,7 +71,11 @@ export interface RemoteInfo {
   mappedRemote: SockAddr;
 }
 
-/** Callbacks from the peer side into the kernel side. */
+/**
+ * Callbacks from the peer side into the kernel side. The objects an event passes (the
+ * outcome, the RemoteInfo and their addresses) are valid only during the call: the peer
+ * side refills them for the next event. Encode at once, or copy what you keep.
+ */
 export interface PeerEvents {
   queryDone(id: number, outcome: QueryOutcome): void;
   remoteInfo(info: RemoteInfo): void;

@@ -30,7 +30,7 @@
  * the ACC leaves, so the kernel knows the peer before its connection can arrive.
  */
 import { allocRetained, retainCopy } from '../codec/retain.js';
-import { AF_INET, AF_INET6, type SockAddr, formatIp } from '../codec/sockaddr.js';
+import { AF_INET, AF_INET6, type SockAddr, copyInto, formatIp } from '../codec/sockaddr.js';
 import {
   IWARP_PM_PORT,
   PM_MESSAGE_SIZE,
@@ -49,7 +49,7 @@ import {
 import { IntMap } from './int-index.js';
 import { LogLimiter, type Logger, nullLogger } from './log.js';
 import { AckTrackers, Lingering, Quarantine } from './peer-tables.js';
-import type { MappingLookup, PeerEvents, PeerPort, QueryOutcome, QueryStart } from './peer-api.js';
+import type { MappingLookup, PeerEvents, PeerPort, QueryOutcome, QueryStart, RemoteInfo } from './peer-api.js';
 
 /** The kernel waits this long for any answer (IWPM_NL_TIMEOUT). */
 export const KERNEL_WAIT_MS = 10_000;
@@ -543,9 +543,29 @@ function keptEndpoint(src: PeerEndpoint): PeerEndpoint {
   return new RawEndpoint(src.family, retainCopy(src.raw, 0, src.raw.length), src.port, src.scopeId);
 }
 
-/** An IP for an event (REMOTE_INFO, an accepted outcome): the kernel side owns it, may keep it; not from Node's pool. */
-function copyIp(b: Uint8Array, off: number, ipVersion: number): Buffer {
-  return retainCopy(b, off, ipLen(ipVersion));
+/**
+ * An address handed to the kernel side in an event (REMOTE_INFO, an accepted outcome):
+ * one object per event field, refilled for every event (PeerEvents: valid during the call).
+ */
+const EMPTY = Buffer.alloc(0);
+
+class EventAddr {
+  private readonly ip4 = Buffer.alloc(4);
+  private readonly ip6 = Buffer.alloc(16);
+  readonly addr: SockAddr = { family: AF_INET, port: 0, ip: this.ip4, flowinfo: 0, scopeId: 0 };
+
+  /** The IP at b[off] (4 or 16 bytes, by ipVersion), with these other fields. */
+  fill(family: SockAddr['family'], port: number, b: Uint8Array, off: number, ipVersion: number, flowinfo: number, scopeId: number): SockAddr {
+    const a = this.addr;
+    const ip = ipVersion === 4 ? this.ip4 : this.ip6;
+    copyInto(ip, 0, b, off, ip.length);
+    a.family = family;
+    a.port = port;
+    a.ip = ip;
+    a.flowinfo = flowinfo;
+    a.scopeId = scopeId;
+    return a;
+  }
 }
 
 /** A handle's hex digits, as a bigint's toString(16) (debug logs). */
@@ -596,6 +616,18 @@ export class PeerEngine implements PeerPort {
   private readonly overflowBucket: PeerBucket;
   private readonly loopbackBucket: PeerBucket = { tokens: Infinity, lastMs: 0, live: 0 };
   private deferred: { id: number; outcome: QueryOutcome }[] = [];
+  /** The events' objects, refilled for each event (PeerEvents: valid during the call). */
+  private readonly infoRemote = new EventAddr();
+  private readonly infoMappedRemote = new EventAddr();
+  private readonly info: RemoteInfo = {
+    ownerClient: 0,
+    localRaw: EMPTY,
+    remote: this.infoRemote.addr,
+    mappedLocalRaw: EMPTY,
+    mappedRemote: this.infoMappedRemote.addr,
+  };
+  private readonly acceptedRemote = new EventAddr();
+  private readonly accepted: { kind: 'accepted'; mappedRemote: SockAddr } = { kind: 'accepted', mappedRemote: this.acceptedRemote.addr };
   private lastHousekeepingMs: number;
   /** Round-trip estimate of REQ -> ACC/REJ over all peers (RFC 6298), 0 = no sample yet. */
   private srttMs = 0;
@@ -891,14 +923,16 @@ export class PeerEngine implements PeerPort {
 
     // REMOTE_INFO first: the kernel then knows the peer before its connection can arrive.
     this.counters.remoteInfos++;
-    this.deps.events.remoteInfo({
-      ownerClient: listener.ownerClient,
-      localRaw: listener.localRaw,
-      remote: { family, port: b.readUInt16BE(o + OFF_CPPORT), ip: copyIp(b, o + OFF_CPIP, ipVersion), flowinfo: 0, scopeId: 0 },
-      mappedLocalRaw: listener.mappedRaw,
-      // REQ `reserved` = the connecting peer's mapped port
-      mappedRemote: { family, port: b.readUInt16BE(o + 2), ip: copyIp(b, o + OFF_MCPIP, ipVersion), flowinfo: 0, scopeId: 0 },
-    });
+    const info = this.info;
+    info.ownerClient = listener.ownerClient;
+    info.localRaw = listener.localRaw;
+    info.remote = this.infoRemote.fill(family, b.readUInt16BE(o + OFF_CPPORT), b, o + OFF_CPIP, ipVersion, 0, 0);
+    info.mappedLocalRaw = listener.mappedRaw;
+    // REQ `reserved` = the connecting peer's mapped port
+    info.mappedRemote = this.infoMappedRemote.fill(family, b.readUInt16BE(o + 2), b, o + OFF_MCPIP, ipVersion, 0, 0);
+    this.deps.events.remoteInfo(info);
+    info.localRaw = EMPTY; // the listener's bytes are not ours to hold on to
+    info.mappedLocalRaw = EMPTY;
     this.sendCounted(src, acc, via, 'txAcc');
   }
 
@@ -981,16 +1015,11 @@ export class PeerEngine implements PeerPort {
       this.finishQuery(q);
       this.sampleRtt(q, now);
       this.counters.queriesAccepted++;
-      const mappedRemote: SockAddr = {
-        family: q.remote.family,
-        port: b.readUInt16BE(o + OFF_APPORT),
-        ip: copyIp(b, o + OFF_APIP, ipVersion),
-        // the same peer: keep the kernel's flowinfo and scope id (needed for link-local)
-        flowinfo: q.remote.flowinfo,
-        scopeId: q.remote.scopeId,
-      };
+      // the same peer: keep the kernel's flowinfo and scope id (needed for link-local)
+      const r = q.remote;
+      this.accepted.mappedRemote = this.acceptedRemote.fill(r.family, b.readUInt16BE(o + OFF_APPORT), b, o + OFF_APIP, ipVersion, r.flowinfo, r.scopeId);
       this.track(q, now);
-      this.deps.events.queryDone(q.id, { kind: 'accepted', mappedRemote });
+      this.deps.events.queryDone(q.id, this.accepted);
       this.sendCounted(src, writeReply(Buffer.allocUnsafe(PM_MESSAGE_SIZE), b, o, PM_MSG_ACK), via, 'txAck');
       return;
     }

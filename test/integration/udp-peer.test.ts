@@ -14,6 +14,7 @@ import type { PeerTiming } from '../../src/core/peer.js';
 import { PEER_SOCKET_BUFFER_BYTES, PeerIo, type PeerIoOptions } from '../../src/io/udp.js';
 import { native, type UdpBatch, type UdpSocket, type UdpSocketConstructor, type UdpSocketOptions } from '../../src/native/index.js';
 import { TestListeners } from '../support/listeners.js';
+import { keepInfo, keepOutcome } from '../support/events.js';
 
 class Events implements PeerEvents {
   done = new Map<number, { outcome: QueryOutcome; ms: number }>();
@@ -21,11 +22,11 @@ class Events implements PeerEvents {
   private waiters: (() => void)[] = [];
   started = new Map<number, number>();
   queryDone(id: number, outcome: QueryOutcome): void {
-    this.done.set(id, { outcome, ms: performance.now() - (this.started.get(id) ?? 0) });
+    this.done.set(id, { outcome: keepOutcome(outcome), ms: performance.now() - (this.started.get(id) ?? 0) });
     for (const w of this.waiters.splice(0)) w();
   }
   remoteInfo(info: RemoteInfo): void {
-    this.infos.push(info);
+    this.infos.push(keepInfo(info));
   }
   async waitFor(n: number, timeoutMs = 15_000): Promise<void> {
     const end = Date.now() + timeoutMs;

@@ -585,6 +585,30 @@ describe('REMOTE_INFO', () => {
 describe('runBatch: peer events grouped into one netlink send', () => {
   const R = raw('10.0.0.2', 5000);
 
+  it('keeps nothing of an event: objects the peer side refills right after the call give the bytes of the call', () => {
+    const h = harness();
+    ready(h, 4);
+    h.batch(kQuery(20, raw('10.0.0.1', 50000), R), kQuery(21, raw('10.0.0.1', 50001), R));
+    // one object per kind, reused as PeerEngine does (PeerEvents: valid during the call)
+    const accepted = { kind: 'accepted' as const, mappedRemote: sa('10.0.0.2', 33333) };
+    const info = { ownerClient: 2, localRaw: raw('0.0.0.0', 5000), remote: sa('10.0.0.9', 1), mappedLocalRaw: raw('0.0.0.0', 6000), mappedRemote: sa('10.0.0.9', 2) };
+    const scribble = (...bufs: Buffer[]) => bufs.forEach((b) => b.fill(0xee));
+    h.d.runBatch(() => {
+      h.d.queryDone(1, accepted);
+      scribble(accepted.mappedRemote.ip);
+      accepted.mappedRemote = sa('10.0.0.3', 44444);
+      h.d.queryDone(2, accepted);
+      h.d.remoteInfo(info);
+      scribble(info.localRaw, info.remote.ip, info.mappedLocalRaw, info.mappedRemote.ip);
+      info.remote.port = 9;
+    });
+    expect(h.take()).toMatchObject([
+      { op: 'rquery', seqAttr: 20, mappedRemote: raw('10.0.0.2', 33333), err: 0 },
+      { op: 'rquery', seqAttr: 21, mappedRemote: raw('10.0.0.3', 44444), err: 0 },
+      { op: 'remote_info', local: raw('0.0.0.0', 5000), remote: raw('10.0.0.9', 1), mappedLocal: raw('0.0.0.0', 6000), mappedRemote: raw('10.0.0.9', 2) },
+    ]);
+  });
+
   it('outcomes and REMOTE_INFOs inside runBatch leave in one send, in order, at its end', () => {
     const h = harness();
     ready(h, 4);

@@ -21,6 +21,7 @@ import {
   RawEndpoint,
 } from '../../src/core/peer.js';
 import { TestListeners } from '../support/listeners.js';
+import { keepInfo, keepOutcome } from '../support/events.js';
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -71,10 +72,10 @@ class Recorder implements PeerEvents {
   infos: RemoteInfo[] = [];
   constructor(private readonly clock: { t: number }) {}
   queryDone(id: number, outcome: QueryOutcome): void {
-    this.done.push({ at: this.clock.t, id, outcome });
+    this.done.push({ at: this.clock.t, id, outcome: keepOutcome(outcome) });
   }
   remoteInfo(info: RemoteInfo): void {
-    this.infos.push(info);
+    this.infos.push(keepInfo(info));
   }
 }
 
