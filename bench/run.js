@@ -39,11 +39,14 @@ Workloads (all against both daemons, alternating, --reps times each):
   query1    QUERY round trips one at a time (window 1): latency without load
   query64   QUERY round trips through the daemon talking to itself, window 64
   query256  same, window 256
+  cold      the first storm after start: query64 for --cold-ms, beginning --cold-idle-ms after
+            the daemon registered, with no warm-up traffic (ours compiles its hot paths in
+            that idle time; the others have nothing to compile)
 
 Options (each also readable from the environment as BENCH_<NAME>, e.g. BENCH_REPS=5):
   --quick               short smoke run (1 repetition, short intervals; < 1 min)
   --reps N              repetitions per workload and daemon (default 3; quick 1)
-  --only LIST           comma list of workloads (churn,held,query1,query64,query256)
+  --only LIST           comma list of workloads (churn,held,query1,query64,query256,cold)
   --daemons LIST        comma list: ours,rdma-core,floor (default ours,rdma-core). floor is
                         bench/floor/iwpm-floor.c, a minimal single-threaded C responder
                         (bench-only, not a port mapper): the machine's ceiling
@@ -53,6 +56,8 @@ Options (each also readable from the environment as BENCH_<NAME>, e.g. BENCH_REP
   --held N              mappings held in the held workload (default 19500)
   --held-ms MS          measured interval of held (default 5000; quick 2000)
   --query-ms MS         measured interval of each query run (default 20000; quick 3000)
+  --cold-ms MS          measured interval of cold (default 1000)
+  --cold-idle-ms MS     idle time between the daemon's start and cold's storm (default 2000)
   --drain-ms MS         after a measured interval, how long to wait for answers still
                         outstanding (default 10500, so every query times out or is answered;
                         quick 3000)
@@ -81,6 +86,8 @@ const { values: a } = parseArgs({
     'held-ms': { type: 'string' },
     'query-ms': { type: 'string' },
     'drain-ms': { type: 'string' },
+    'cold-ms': { type: 'string' },
+    'cold-idle-ms': { type: 'string' },
     group: { type: 'string' },
     nofile: { type: 'string' },
     profile: { type: 'boolean' },
@@ -113,11 +120,13 @@ const S = {
   query64Ms: num('query-ms', quick ? 3000 : 10000),
   query256Ms: num('query-ms', quick ? 3000 : 20000),
   drainMs: num('drain-ms', quick ? 3000 : 10500),
+  coldMs: num('cold-ms', 1000),
+  coldIdleMs: num('cold-idle-ms', 2000),
   group: num('group', 27),
   nofile: num('nofile', 65536),
   profile: a.profile || opt('profile', '') === '1',
 };
-const ALL = ['churn', 'held', 'query1', 'query64', 'query256'];
+const ALL = ['churn', 'held', 'query1', 'query64', 'query256', 'cold'];
 const only = (a.only ?? opt('only', ALL.join(','))).split(',').map((s) => s.trim()).filter(Boolean);
 for (const w of only) if (!ALL.includes(w)) throw new Error(`unknown workload ${w} (${ALL.join(', ')})`);
 const daemons = (a.daemons ?? opt('daemons', 'ours,rdma-core')).split(',').map((s) => s.trim()).filter(Boolean);
@@ -369,6 +378,14 @@ const WORKLOADS = {
     unit: 'queries/s',
     run: (k, meter) => queries(k, { ...q(256, S.query256Ms), cpu: meter() }),
   },
+  cold: {
+    title: `d) the first storm after start: QUERY round trips, window 64, for ${S.coldMs} ms from ${S.coldIdleMs} ms after the daemon registered (no warm-up traffic)`,
+    unit: 'queries/s',
+    run: async (k, meter) => {
+      await new Promise((r) => setTimeout(r, S.coldIdleMs));
+      return queries(k, { ...q(64, S.coldMs), warmupMs: 0, cpu: meter() });
+    },
+  },
 };
 function q(window, measureMs) {
   return {
@@ -471,7 +488,7 @@ function report(results, m, command) {
     const wl = WORKLOADS[w];
     lines.push(`### ${wl.title}`);
     lines.push('');
-    const isQuery = w.startsWith('query');
+    const isQuery = w.startsWith('query') || w === 'cold';
     const hdr = ['daemon', wl.unit, 'p50', 'p99', 'p99.9', 'max'];
     if (isQuery) hdr.push('timeouts/run', 'rejects/run', 'UDP drops/run');
     if (w === 'held') hdr.push('fill rate', 'fill time');
@@ -613,6 +630,8 @@ function line(w, rep, d, r) {
       (r.cpu?.daemonUsPerOp ? ` (${r.cpu.daemonUsPerOp.toFixed(0)} µs/op)` : '') +
       (r.cpu?.udpDrops ? `  UDP drops ${r.cpu.udpDrops}` : ''),
   );
+  // the first storm: how the rate grows, per 250 ms
+  if (w === 'cold' && r.timeline) log(`           queries/s per 250 ms: ${r.timeline.map((n) => fmtRate(n * 4)).join(' ')}`);
 }
 
 for (const w of only) {

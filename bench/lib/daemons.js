@@ -214,6 +214,8 @@ export function startDaemon(which, o) {
       'warn',
       '--udp-port',
       String(o.udpPort),
+      // extra daemon options, e.g. IWPMD_BENCH_OURS_ARGS=--no-warmup
+      ...(process.env.IWPMD_BENCH_OURS_ARGS ?? '').split(/\s+/).filter(Boolean),
     ];
     const env = { ...process.env };
     delete env.NOTIFY_SOCKET;

@@ -42,6 +42,9 @@ export class PortPool {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Width of the bins of queries()' timeline. */
+export const TIMELINE_BIN_MS = 250;
+
 function errCode(attrs) {
   const a = attrs && attrs[2];
   return a && a.length >= 2 ? a.readUInt16LE(0) : -1;
@@ -222,6 +225,8 @@ export async function queries(k, o) {
   let timeouts = 0;
   let wrongMapped = 0;
   const errors = {};
+  /** Accepted answers per TIMELINE_BIN_MS of the measured interval. */
+  const timeline = [];
   const onReply = (kind, attrs, lat, e) => {
     const port = e.tag;
     const measuring = w.phase === 1;
@@ -231,6 +236,8 @@ export async function queries(k, o) {
       if (measuring) {
         if (err === 0) {
           accepted++;
+          const bin = Math.floor((performance.now() - w.measureStart) / TIMELINE_BIN_MS);
+          timeline[bin] = (timeline[bin] ?? 0) + 1;
           if (attrPort(attrs[5]) !== listener.mapped) wrongMapped++;
         } else if (err === IWPM_REMOTE_QUERY_REJECT) rejected++;
         else otherErr++;
@@ -271,5 +278,6 @@ export async function queries(k, o) {
     unfinished: r.unfinished,
     listenerMapped: listener.mapped,
     measuredMs: r.measuredMs,
+    timeline: Array.from(timeline, (n) => n ?? 0),
   };
 }

@@ -22,6 +22,8 @@ Options:
       --log-level LEVEL  debug | info | warn | error (default info)
       --syslog           log to syslog (/dev/log) instead of stderr (default when daemonized)
       --udp-port N       peer UDP port to bind and to query (default ${IWARP_PM_PORT})
+      --no-warmup        skip the start-up JIT warm-up (a few thousand QUERY round trips
+                         rehearsed in memory right after start, ~0.5 s of one CPU)
       --kernel-port N    testing: NETLINK_USERSOCK instead of NETLINK_RDMA, netlink port id N is the kernel
       --nl-group N       testing: multicast group joined for REG_PID in USERSOCK mode (default ${RDMA_NL_GROUP_IWPM})
   -h, --help             this text
@@ -56,6 +58,7 @@ async function main(): Promise<void> {
         'log-level': { type: 'string' },
         syslog: { type: 'boolean' },
         'udp-port': { type: 'string' },
+        'no-warmup': { type: 'boolean' },
         'kernel-port': { type: 'string' },
         'nl-group': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
@@ -119,6 +122,7 @@ async function main(): Promise<void> {
     udpPort,
     controlPath,
     systemd: v.systemd === true,
+    warmUp: v['no-warmup'] !== true,
   });
   let stopping = false;
   const stop = (sig: string): void => {

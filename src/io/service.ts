@@ -14,6 +14,8 @@ import { inInitialNetns, iwcmLoaded, localPortRange, localReservedPorts } from '
 import { StartupError } from './errors.js';
 import { sdNotify } from './systemd.js';
 import { startPeer, type PeerHandle } from './peer-wiring.js';
+import { LineLogger } from './logger.js';
+import { warmUp, type WarmUpResult } from './warmup.js';
 
 /** Netlink receive buffer requested when the config file sets none (bytes). */
 export const DEFAULT_NL_RCVBUF_BYTES = 32 * 1024 * 1024;
@@ -45,6 +47,8 @@ export interface ServiceOptions {
   /** Control socket path, or undefined for none. */
   controlPath?: string;
   systemd: boolean;
+  /** Run the JIT warm-up (io/warmup.ts) once started. Default true. */
+  warmUp?: boolean;
 }
 
 export { StartupError };
@@ -66,6 +70,7 @@ export class Service {
   private ticker?: NodeJS.Timeout;
   private readonly startedAtMs = Date.now();
   private stopped = false;
+  private warm: 'off' | 'running' | WarmUpResult | { error: string } = 'off';
   ports!: PortReserver;
 
   constructor(
@@ -186,6 +191,31 @@ export class Service {
     this.ticker = setInterval(() => this.daemon.tick(performance.now()), TICK_MS);
     if (this.opts.systemd) sdNotify(this.native.unixDatagramSend, 'READY=1');
     log.info(`iwpmd ${packageVersion()} started (pid ${process.pid})`);
+    if (this.opts.warmUp !== false) {
+      this.warm = 'running';
+      setImmediate(() => void this.warmUp());
+    }
+  }
+
+  /** Compile the hot paths before the first connection storm (io/warmup.ts); real traffic goes first. */
+  private async warmUp(): Promise<void> {
+    const log = this.opts.log;
+    try {
+      const r = await warmUp({
+        // the real daemon's kind of logger (the same object shapes), writing nowhere
+        log: new LineLogger('error', () => {}),
+        kernelPortId: this.opts.kernelPort ?? 0,
+        recvBatchSize: NL_RECV_BATCH,
+        cancelled: () => this.stopped,
+      });
+      this.warm = r;
+      const how = `${r.accepted} QUERY round trips rehearsed in memory in ${r.ms.toFixed(0)} ms`;
+      if (r.other > 0) log.warn(`JIT warm-up: ${how}, but ${r.other} were not accepted (a bug: please report)`);
+      else log.info(`JIT warm-up: ${how}${r.cut ? ' (cut short by its time limit)' : ''}`);
+    } catch (e) {
+      this.warm = { error: (e as Error).message };
+      log.warn(`JIT warm-up failed (the daemon works, only its first connections are slower): ${(e as Error).stack ?? e}`);
+    }
   }
 
   private onBatch(batch: NetlinkBatch): void {
@@ -230,6 +260,7 @@ export class Service {
       pendingQueries: this.daemon.pendingQueries,
       udpPort: this.opts.udpPort,
       peer: this.peer?.describe(),
+      warmUp: this.warm,
     };
   }
 

@@ -251,3 +251,31 @@ describe('signals', () => {
     expect(sim.userPid).toBe(-1);
   });
 });
+
+describe('start-up JIT warm-up', () => {
+  it('rehearses the QUERY path in memory once started, touching none of the real state', async () => {
+    const { sim, daemon } = rig;
+    const from = sim.mark();
+    await daemon.waitForLine(/JIT warm-up: 4096 QUERY round trips rehearsed in memory in \d+ ms$/, 30_000);
+    const status = daemon.ctl('show', 'status') as { warmUp: unknown; mappings: number; pendingQueries: number };
+    expect(status).toMatchObject({ warmUp: { accepted: 4096, other: 0, cut: false }, mappings: 0, pendingQueries: 0 });
+    const stats = daemon.ctl('show', 'stats') as { daemon: Record<string, number>; peer: Record<string, number>; memory: Record<string, number> };
+    expect(stats.daemon).toMatchObject({ queriesStarted: 0, remoteInfoSent: 0 });
+    expect(stats.peer).toMatchObject({ txReq: 0, rxReq: 0, udpSent: 0, udpReceived: 0 });
+    expect(stats.memory).toMatchObject({ mappingBlocks: 0, spareMappingBlocks: 0 });
+    // nothing of it reached the kernel, and the daemon still maps for real
+    expect(sim.received.slice(from)).toEqual([]);
+    const r = ok(await sim.add(`127.0.0.1:${localPort()}`));
+    expect(rawBind(r.mapped.port)).toBe(EADDRINUSE);
+  });
+
+  it('--no-warmup: none', async () => {
+    // group 17: used by no other test file
+    const off = await startRig({ abi: 4, group: 17, daemon: { extraArgs: ['--no-warmup'] } });
+    try {
+      expect((off.daemon.ctl('show', 'status') as { warmUp: unknown }).warmUp).toBe('off');
+    } finally {
+      await stopRig(off);
+    }
+  });
+});
