@@ -1,6 +1,7 @@
 /**
  * In-memory stand-in for the port-binding part of the addon (reservePorts /
- * closeFds / releaseFds), for pure unit tests of core/. It models what matters to the
+ * closeFds / releaseFds), for pure unit tests of core/ and for the start-up warm-up's
+ * rehearsal (io/warmup.ts), which must bind nothing. It models what matters to the
  * reservation policy: a port held by anyone (any family: no IPV6_V6ONLY, so an
  * IPv6 reservation also blocks IPv4 and vice versa) cannot be bound again,
  * port 0 means "the kernel picks a free port from the ephemeral range", and
