@@ -695,6 +695,20 @@ static void drop_mapping(int e)
 	pool_free(e);
 }
 
+/* Mapping e (found by lookup_fuzzy, -1 = none) gains a user, or a new one is made; -1
+ * once HANDLE_ERR has answered a failed creation. */
+static int use_or_create(int e, int client, uint32_t kseq, const uint8_t *ss, const struct key *k, uint32_t flags)
+{
+	if (e >= 0) {
+		pool[e].refs++;
+		return e;
+	}
+	e = create_mapping(ss, k, client, flags & IWPM_FLAGS_NO_PORT_MAP);
+	if (e < 0)
+		send_handle_err(client, kseq, ERR_CREATE_MAPPING);
+	return e;
+}
+
 static void on_add(int client, uint32_t kseq, const struct attrs *a)
 {
 	struct key k;
@@ -707,19 +721,12 @@ static void on_add(int client, uint32_t kseq, const struct attrs *a)
 	st.adds++;
 	uint32_t flags = has_u32(a, 3) ? r32(a->p[3]) : 0;
 	int e = lookup_fuzzy(&k);
-	if (e >= 0) {
-		if (!(pool[e].wildcard && memcmp(&pool[e].key, &k, sizeof(k)) == 0)) {
-			send_handle_err(client, kseq, ERR_DUPLICATE_MAPPING);
-			return;
-		}
-		pool[e].refs++;
-	} else {
-		e = create_mapping(a->p[2], &k, client, flags & IWPM_FLAGS_NO_PORT_MAP);
-		if (e < 0) {
-			send_handle_err(client, kseq, ERR_CREATE_MAPPING);
-			return;
-		}
+	if (e >= 0 && !(pool[e].wildcard && memcmp(&pool[e].key, &k, sizeof(k)) == 0)) {
+		send_handle_err(client, kseq, ERR_DUPLICATE_MAPPING);
+		return;
 	}
+	if ((e = use_or_create(e, client, kseq, a->p[2], &k, flags)) < 0)
+		return;
 	struct mapping *m = &pool[e];
 	uint8_t *p = nl_slot();
 	uint32_t off = put_hdr(p, client, OP_ADD);
@@ -757,19 +764,12 @@ static void on_query(int client, uint32_t kseq, const struct attrs *a)
 	}
 	uint32_t flags = has_u32(a, 4) ? r32(a->p[4]) : 0;
 	int e = lookup_fuzzy(&k);
-	if (e >= 0) {
-		if (pool[e].wildcard || pool[e].q_pending) { /* the floor keeps one query per local address */
-			send_handle_err(client, kseq, ERR_CREATE_MAPPING);
-			return;
-		}
-		pool[e].refs++;
-	} else {
-		e = create_mapping(a->p[2], &k, client, flags & IWPM_FLAGS_NO_PORT_MAP);
-		if (e < 0) {
-			send_handle_err(client, kseq, ERR_CREATE_MAPPING);
-			return;
-		}
+	if (e >= 0 && (pool[e].wildcard || pool[e].q_pending)) { /* the floor keeps one query per local address */
+		send_handle_err(client, kseq, ERR_CREATE_MAPPING);
+		return;
 	}
+	if ((e = use_or_create(e, client, kseq, a->p[2], &k, flags)) < 0)
+		return;
 	struct mapping *m = &pool[e];
 	const uint8_t *remote = a->p[3];
 	m->q_pending = 1;
@@ -958,18 +958,24 @@ static struct mmsghdr recv_vec[RECV_BATCH];
 static struct iovec recv_iov[RECV_BATCH];
 static struct sockaddr_storage recv_from[RECV_BATCH];
 
+/* recv_vec: RECV_BATCH slots of `slot` bytes in buf, each with room for the sender's address. */
+static void prepare_recv(uint8_t *buf, size_t slot)
+{
+	for (int i = 0; i < RECV_BATCH; i++) {
+		recv_iov[i].iov_base = buf + (size_t)i * slot;
+		recv_iov[i].iov_len = slot;
+		memset(&recv_vec[i].msg_hdr, 0, sizeof(recv_vec[i].msg_hdr));
+		recv_vec[i].msg_hdr.msg_name = &recv_from[i];
+		recv_vec[i].msg_hdr.msg_namelen = sizeof(recv_from[i]);
+		recv_vec[i].msg_hdr.msg_iov = &recv_iov[i];
+		recv_vec[i].msg_hdr.msg_iovlen = 1;
+	}
+}
+
 static void drain_netlink(void)
 {
 	for (int round = 0; round < MAX_RECV_ROUNDS; round++) {
-		for (int i = 0; i < RECV_BATCH; i++) {
-			recv_iov[i].iov_base = nl_rbuf + (size_t)i * NL_SLOT;
-			recv_iov[i].iov_len = NL_SLOT;
-			memset(&recv_vec[i].msg_hdr, 0, sizeof(recv_vec[i].msg_hdr));
-			recv_vec[i].msg_hdr.msg_name = &recv_from[i];
-			recv_vec[i].msg_hdr.msg_namelen = sizeof(recv_from[i]);
-			recv_vec[i].msg_hdr.msg_iov = &recv_iov[i];
-			recv_vec[i].msg_hdr.msg_iovlen = 1;
-		}
+		prepare_recv(nl_rbuf, NL_SLOT);
 		st.recv_calls++;
 		int n = recvmmsg(nl_fd, recv_vec, RECV_BATCH, MSG_DONTWAIT, NULL);
 		if (n < 0) {
@@ -1005,15 +1011,7 @@ static void drain_netlink(void)
 static void drain_udp(struct udq *q)
 {
 	for (int round = 0; round < MAX_RECV_ROUNDS; round++) {
-		for (int i = 0; i < RECV_BATCH; i++) {
-			recv_iov[i].iov_base = udp_rbuf + (size_t)i * UDP_SLOT;
-			recv_iov[i].iov_len = UDP_SLOT;
-			memset(&recv_vec[i].msg_hdr, 0, sizeof(recv_vec[i].msg_hdr));
-			recv_vec[i].msg_hdr.msg_name = &recv_from[i];
-			recv_vec[i].msg_hdr.msg_namelen = sizeof(recv_from[i]);
-			recv_vec[i].msg_hdr.msg_iov = &recv_iov[i];
-			recv_vec[i].msg_hdr.msg_iovlen = 1;
-		}
+		prepare_recv(udp_rbuf, UDP_SLOT);
 		st.recv_calls++;
 		int n = recvmmsg(q->fd, recv_vec, RECV_BATCH, MSG_DONTWAIT, NULL);
 		if (n < 0) {

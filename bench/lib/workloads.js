@@ -50,6 +50,17 @@ function errCode(attrs) {
   return a && a.length >= 2 ? a.readUInt16LE(0) : -1;
 }
 
+/** A Windowed run's issue(): the request `template` makes for the next free local port of `pool`. */
+function issuer(k, pool, template, onReply) {
+  return () => {
+    const port = pool.take();
+    if (port < 0) return false;
+    const seq = k.nextSeq();
+    k.submit(template(seq, port), seq, onReply, port);
+    return true;
+  };
+}
+
 /**
  * Generic windowed driver. `issue()` submits one request (returns false when it cannot);
  * `complete(ok)` must be called by the request's callback. Phases: 0 warm-up,
@@ -131,13 +142,7 @@ export async function churn(k, o) {
     }
     w.finished(issue);
   };
-  const issue = () => {
-    const port = pool.take();
-    if (port < 0) return false;
-    const seq = k.nextSeq();
-    k.submit(add(seq, port), seq, onReply, port);
-    return true;
-  };
+  const issue = issuer(k, pool, add, onReply);
   const r = await w.run(issue, o);
   k.flush();
   return {
@@ -255,13 +260,7 @@ export async function queries(k, o) {
     k.post(rem(k.nextSeq(), port));
     w.finished(issue);
   };
-  const issue = () => {
-    const port = pool.take();
-    if (port < 0) return false;
-    const seq = k.nextSeq();
-    k.submit(query(seq, port), seq, onReply, port);
-    return true;
-  };
+  const issue = issuer(k, pool, query, onReply);
   const r = await w.run(issue, o);
   k.flush();
   return {
