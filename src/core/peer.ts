@@ -543,12 +543,13 @@ function keptEndpoint(src: PeerEndpoint): PeerEndpoint {
   return new RawEndpoint(src.family, retainCopy(src.raw, 0, src.raw.length), src.port, src.scopeId);
 }
 
+/** What the REMOTE_INFO event names no listener bytes with between events. */
+const EMPTY = Buffer.alloc(0);
+
 /**
  * An address handed to the kernel side in an event (REMOTE_INFO, an accepted outcome):
  * one object per event field, refilled for every event (PeerEvents: valid during the call).
  */
-const EMPTY = Buffer.alloc(0);
-
 class EventAddr {
   private readonly ip4 = Buffer.alloc(4);
   private readonly ip6 = Buffer.alloc(16);

@@ -36,7 +36,7 @@ import type { UdpBatch, UdpSocket, UdpSocketConstructor, UdpSocketOptions, UdpSo
 import { PeerIo } from './udp.js';
 
 /** Round trips the service runs at start (a few hundred ms of CPU on a 2-vCPU VM). */
-export const WARMUP_QUERIES = Number(process.env.IWPMD_WARMUP_QUERIES ?? 4096);
+export const WARMUP_QUERIES = 4096;
 /** Most round trips per slice. */
 export const WARMUP_SLICE = 16;
 /**
@@ -135,7 +135,7 @@ export async function warmUp(o: WarmUpOptions = {}): Promise<WarmUpResult> {
     await io.start();
     daemon.setPeer(io);
     daemon.start();
-    kernel.answerDaemon(daemon); // HELLO back, DONEs
+    kernel.answerDaemon(daemon); // DONE for our HELLO; the kernel's HELLO next
     daemon.onPackedBatch(kernel.batch([encodeKernelHello(kernel.header(), 4)]));
     daemon.onPackedBatch(kernel.batch([encodeKernelRegPid(kernel.header(), { echoSeq: 1, ifname: 'lo', ibdev: 'warmup0' })]));
     const listeners = [parseIp('127.0.0.1', LISTEN_PORT), parseIp('::1', LISTEN_PORT)].map(encodeSockaddr);
@@ -263,7 +263,6 @@ class MemNet {
   private queued = 0;
 
   constructorFor(): UdpSocketConstructor {
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
     const net = this;
     return class extends MemSocket {
       constructor(opts: UdpSocketOptions, onBatch: (b: UdpBatch) => void, onError: (e: Error) => void) {
