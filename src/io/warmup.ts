@@ -94,6 +94,19 @@ function addonLike(b: Buffer): Buffer {
   return Object.setPrototypeOf(new Uint8Array(b.buffer, b.byteOffset, b.length), Buffer.prototype) as Buffer;
 }
 
+/** Datagrams back to back in one addon-made Buffer, with their offsets and lengths, as the addon delivers a batch. */
+function packed(dgs: readonly Buffer[]): { data: Buffer; offsets: Uint32Array; lengths: Uint32Array } {
+  const offsets = new Uint32Array(dgs.length);
+  const lengths = new Uint32Array(dgs.length);
+  let off = 0;
+  dgs.forEach((d, i) => {
+    offsets[i] = off;
+    lengths[i] = d.length;
+    off += d.length;
+  });
+  return { data: addonLike(Buffer.concat(dgs)), offsets, lengths };
+}
+
 export async function warmUp(o: WarmUpOptions = {}): Promise<WarmUpResult> {
   const total = o.queries ?? WARMUP_QUERIES;
   const slice = Math.max(1, o.slice ?? WARMUP_SLICE);
@@ -204,17 +217,10 @@ class MemKernel {
   /** A receive batch built property by property in the addon's order, so that it has the addon's object shape. */
   batch(dgs: Buffer[]): PackedDatagrams {
     const n = dgs.length;
-    const offsets = new Uint32Array(n);
-    const lengths = new Uint32Array(n);
-    let off = 0;
-    dgs.forEach((d, i) => {
-      offsets[i] = off;
-      lengths[i] = d.length;
-      off += d.length;
-    });
+    const { data, offsets, lengths } = packed(dgs);
     const b: Record<string, unknown> = {};
     b.count = n;
-    b.data = addonLike(Buffer.concat(dgs));
+    b.data = data;
     b.offsets = offsets;
     b.lengths = lengths;
     b.senders = new Uint32Array(n).fill(this.portId);
@@ -333,16 +339,10 @@ class MemSocket implements UdpSocket {
   deliver(q: Queued[]): void {
     if (this.closed) return;
     const n = q.length;
-    const data = addonLike(Buffer.concat(q.map((d) => d.bytes)));
-    const offsets = new Uint32Array(n);
-    const lengths = new Uint32Array(n);
+    const { data, offsets, lengths } = packed(q.map((d) => d.bytes));
     const srcPorts = new Uint16Array(n);
     const srcAddrs = addonLike(Buffer.alloc(16 * n));
-    let off = 0;
     for (let i = 0; i < n; i++) {
-      offsets[i] = off;
-      lengths[i] = q[i]!.bytes.length;
-      off += lengths[i]!;
       srcPorts[i] = q[i]!.srcPort;
       if (this.family === 4) srcAddrs.set([127, 0, 0, 1], 16 * i);
       else srcAddrs[16 * i + 15] = 1;
